@@ -1,0 +1,75 @@
+"""Make RecBole 1.2.1 run on numpy 2 and torch >= 2.6.
+
+Applied once when :mod:`recbole_macrec` is imported. Each shim is scoped to the RecBole code that
+needs it; nothing global (numpy itself, ``torch.load``) changes behaviour for other libraries.
+"""
+import types
+
+import numpy as np
+import torch
+
+# RecBole still spells the aliases numpy removed in 1.24/2.0 (np.float, np.bool, ...).
+NUMPY_ALIASES = {
+    "bool": np.bool_,
+    "int": np.int_,
+    "float": np.float64,
+    "complex": np.complex128,
+    "object": np.object_,
+    "str": np.str_,
+    "long": np.int_,
+    "unicode": np.str_,
+}
+
+
+def set_numpy_aliases():
+    """Set the removed numpy aliases RecBole uses, without touching ones numpy still defines."""
+    for name, target in NUMPY_ALIASES.items():
+        if name not in np.__dict__:
+            setattr(np, name, target)
+
+
+def _patch_config():
+    from recbole.config.configurator import Config
+
+    if getattr(Config.compatibility_settings, "_recbole_macrec", False):
+        return
+    original = Config.compatibility_settings
+
+    def compatibility_settings(self):
+        set_numpy_aliases()
+
+    compatibility_settings._recbole_macrec = True
+    compatibility_settings.original = original
+    Config.compatibility_settings = compatibility_settings
+
+
+class _TorchWithTrustedLoad(types.ModuleType):
+    """``torch`` as RecBole's trainer sees it: ``load`` reads RecBole's own checkpoints.
+
+    RecBole pickles its ``Config`` into every checkpoint; torch >= 2.6 refuses that by default
+    (``weights_only=True``). Only the trainer module gets this view of torch.
+    """
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(*args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return torch.load(*args, **kwargs)
+
+
+def _patch_trainer_torch_load():
+    import recbole.trainer.trainer as trainer_module
+
+    if not isinstance(trainer_module.torch, _TorchWithTrustedLoad):
+        trainer_module.torch = _TorchWithTrustedLoad()
+
+
+def apply():
+    set_numpy_aliases()
+    _patch_config()
+    _patch_trainer_torch_load()

@@ -1,0 +1,122 @@
+"""The plugin's runner: RecBole's pipeline for plugin models and RecBole built-ins alike.
+
+Never imports ``recbole.quick_start`` (it imports ray, which breaks on numpy 2).
+"""
+import json
+import os
+import platform
+import time
+from logging import getLogger
+
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_macrec.config import Config
+from recbole_macrec.utils import get_model, get_trainer
+
+
+def machine_description():
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
+
+
+def _jsonable(result):
+    return {k: float(v) for k, v in (result or {}).items()}
+
+
+def write_result_file(config, result):
+    """Write one run's results as json under ``config['results_dir']``; returns the path."""
+    out_dir = config["results_dir"] or "saved/results"
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(out_dir, f"{config['model']}-{config['dataset']}-{stamp}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+    """Train and test ``model`` (a name or a class) on ``dataset`` with RecBole's pipeline.
+
+    Returns a dict with ``best_valid_result``, ``test_result`` (metric -> value), ``result_file`` and
+    run facts (seed, epochs, wall time, machine).
+    """
+    start = time.time()
+    model_class = get_model(model) if isinstance(model, str) else model
+    config = Config(model=model_class, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    # Generative models bring their semantic IDs into the dataset (running the pre-stage if needed).
+    prepare = getattr(model_class, "prepare_data", None)
+    if prepare is not None:
+        prepare(config)
+
+    dataset_obj = create_dataset(config)
+    logger.info(dataset_obj)
+    train_data, valid_data, test_data = data_preparation(config, dataset_obj)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_obj = model_class(config, train_data._dataset).to(config["device"])
+    logger.info(model_obj)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved,
+                                   show_progress=config["show_progress"])
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "epochs": config["epochs"],
+        "best_valid_score": float(best_valid_score),
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": _jsonable(best_valid_result),
+        "test_result": _jsonable(test_result),
+        "wall_time_s": round(time.time() - start, 2),
+        "machine": machine_description(),
+        "config_files": list(config_file_list or []),
+    }
+    if config["local_rank"] == 0:
+        result["result_file"] = write_result_file(config, result)
+        logger.info(set_color("results written to", "yellow") + f": {result['result_file']}")
+    if not config["single_spec"]:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if queue is not None and config["local_rank"] == 0:
+        queue.put(result)
+    return result
+
+
+def _spawned_worker(rank, *args):
+    model, dataset, config_file_list, config_dict, saved, queue = args
+    run_recbole(model, dataset, config_file_list, {**config_dict, "local_rank": rank}, saved, queue)
+
+
+def run(model, dataset=None, config_file_list=None, config_dict=None, saved=True, nproc=1,
+        world_size=-1, ip="localhost", port="5678", group_offset=0):
+    """One process, or ``nproc`` processes through RecBole's torch-DDP path (multi-GPU)."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole(model, dataset, config_file_list, config_dict, saved)
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update({"world_size": world_size if world_size > 0 else nproc, "ip": ip,
+                        "port": port, "nproc": nproc, "offset": group_offset})
+    mp.spawn(_spawned_worker, args=(model, dataset, config_file_list, config_dict, saved, queue),
+             nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
