@@ -39,6 +39,15 @@ def write_result_file(config, result):
     return path
 
 
+def check_dataset_files(config):
+    """Fail early, naming the file, when the dataset's interaction file is missing."""
+    path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"dataset '{config['dataset']}': atomic file not found: {path} "
+            f"(set data_path, or convert the data with dataset_prep/)")
+
+
 def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
     """Train and test ``model`` (a name or a class) on ``dataset`` with RecBole's pipeline.
 
@@ -54,6 +63,7 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
     logger = getLogger()
     logger.info(config)
 
+    check_dataset_files(config)
     # Generative models bring their semantic IDs into the dataset (running the pre-stage if needed).
     prepare = getattr(model_class, "prepare_data", None)
     if prepare is not None:

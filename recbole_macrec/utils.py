@@ -40,7 +40,7 @@ def recbole_model_names():
     names = []
     for submodule in RECBOLE_SUBMODULES:
         package = importlib.import_module(f"recbole.model.{submodule}")
-        exported = {n.lower(): n for n in dir(package) if not n.startswith("_")}
+        exported = {n.lower(): n for n in dir(package) if isinstance(getattr(package, n), type)}
         for info in pkgutil.iter_modules(package.__path__):
             if info.name in exported:
                 names.append(exported[info.name])

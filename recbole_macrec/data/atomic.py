@@ -1,0 +1,37 @@
+"""Reading and writing RecBole atomic files (tab-separated, ``name:type`` headers)."""
+import os
+
+import pandas as pd
+
+
+class AtomicFileError(ValueError):
+    """A missing or malformed atomic file; the message names the file."""
+
+
+def atomic_path(data_dir, dataset, suffix):
+    return os.path.join(data_dir, f"{dataset}.{suffix}")
+
+
+def read_atomic(path):
+    """Return ``(frame, types)``: string columns named without their ``:type`` and the types."""
+    if not os.path.isfile(path):
+        raise AtomicFileError(f"atomic file not found: {path}")
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    names, types = [], {}
+    for header in frame.columns:
+        if ":" not in header:
+            raise AtomicFileError(f"{path}: column header '{header}' lacks ':type'")
+        name, ftype = header.split(":", 1)
+        names.append(name)
+        types[name] = ftype
+    frame.columns = names
+    return frame, types
+
+
+def write_atomic(path, frame, types):
+    """Write ``frame`` with ``name:type`` headers; to a temp file first, then renamed into place."""
+    out = frame.copy()
+    out.columns = [f"{c}:{types[c]}" for c in frame.columns]
+    tmp = f"{path}.tmp"
+    out.to_csv(tmp, sep="\t", index=False, quoting=3, escapechar="\\")
+    os.replace(tmp, path)

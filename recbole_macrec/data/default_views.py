@@ -1,0 +1,112 @@
+"""Item views the project can compute itself from a RecBole dataset.
+
+- ``text``: TF-IDF over chosen ``.item`` text fields, reduced with TruncatedSVD.
+- ``collab``: item factors (TruncatedSVD of the item x user matrix) from the TRAINING split only,
+  as RecBole makes it under the configured ``eval_args``: no valid/test interaction is seen.
+"""
+from logging import getLogger
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from recbole_macrec.data.atomic import atomic_path, read_atomic
+from recbole_macrec.data.item_views import ItemViewError
+
+
+def catalogue_and_train_pairs(config):
+    """RecBole's item catalogue (raw tokens, internal-id order) and the training (user, item) pairs."""
+    from recbole.data.dataset import Dataset
+
+    dataset = Dataset(config)
+    iid, uid = config["ITEM_ID_FIELD"], config["USER_ID_FIELD"]
+    items = list(dataset.field2id_token[iid][1:])
+    train = dataset.build()[0]
+    pairs = np.stack([train.inter_feat[uid].numpy(), train.inter_feat[iid].numpy() - 1], axis=1)
+    return items, pairs, dataset.user_num
+
+
+def collab_view(config, dim=64):
+    """``(items, emb)``: ``emb[i]`` from training interactions only; items never trained on get 0."""
+    items, pairs, n_users = catalogue_and_train_pairs(config)
+    matrix = sp.csr_matrix(
+        (np.ones(len(pairs), dtype=np.float32), (pairs[:, 1], pairs[:, 0])),
+        shape=(len(items), n_users),
+    )
+    matrix.data[:] = 1.0  # repeated interactions count once
+    dim = min(dim, min(matrix.shape) - 1)
+    svd = TruncatedSVD(n_components=dim, random_state=config["seed"])
+    emb = svd.fit_transform(matrix).astype(np.float32)
+    getLogger().info(f"collab view: {len(items)} items x {dim} dims from {len(pairs)} training "
+                     f"interactions ({int((matrix.getnnz(axis=1) == 0).sum())} items unseen in training)")
+    return items, emb
+
+
+def text_view(config, items, fields, dim=64):
+    """``(items, emb)`` from the text in ``fields`` of the dataset's ``.item`` file."""
+    path = atomic_path(config["data_path"], config["dataset"], "item")
+    frame, _ = read_atomic(path)
+    id_field = config["ITEM_ID_FIELD"]
+    for field in [id_field, *fields]:
+        if field not in frame.columns:
+            raise ItemViewError(f"{path}: no field '{field}' for the text view")
+    frame = frame.drop_duplicates(id_field).set_index(id_field)
+    missing = [tok for tok in items if tok not in frame.index]
+    if missing:
+        raise ItemViewError(f"{path}: item '{missing[0]}' has no row ({len(missing)} missing)")
+    texts = frame.loc[items, list(fields)].agg(" ".join, axis=1).tolist()
+    tfidf = TfidfVectorizer(min_df=1, token_pattern=r"(?u)\b\w[\w']*\b").fit_transform(texts)
+    dim = min(dim, min(tfidf.shape) - 1)
+    emb = TruncatedSVD(n_components=dim, random_state=config["seed"]).fit_transform(tfidf)
+    return items, emb.astype(np.float32)
+
+
+COMPUTABLE_VIEWS = ("text", "collab")
+
+
+def _view_source_hash(config, view):
+    from recbole_macrec.data.item_views import file_digest
+
+    inter = atomic_path(config["data_path"], config["dataset"], "inter")
+    files = [inter]
+    item = atomic_path(config["data_path"], config["dataset"], "item")
+    if view == "text":
+        files.append(item)
+    params = f"{view}|{config['text_view_fields']}|{config['view_dim']}|{config['seed']}|{config['eval_args']}"
+    return file_digest(*files, extra=params)
+
+
+def ensure_item_views(config, views):
+    """Load the dataset's item views as ``{view: (items, emb)}``, computing ``text``/``collab``
+    views on first use (cached next to the dataset, recomputed when their sources change)."""
+    import os
+
+    from recbole_macrec.data.item_views import item_view_path, load_item_view, save_item_view
+
+    logger = getLogger()
+    out = {}
+    for view in views:
+        path = item_view_path(config, view)
+        computable = view == "collab" or (view == "text" and config["text_view_fields"])
+        expected = _view_source_hash(config, view) if computable else None
+        if os.path.isfile(path):
+            items, emb, source_hash = load_item_view(path)
+            if not computable or source_hash == expected:
+                out[view] = (list(items), emb)
+                continue
+            logger.info(f"item view {path} is stale (its sources changed): recomputing")
+        elif not computable:
+            raise ItemViewError(
+                f"item view '{view}' not found: {path} (make it with dataset_prep/, or set "
+                f"text_view_fields to compute a text view from the .item file)")
+        dim = config["view_dim"] or 64
+        if view == "collab":
+            items, emb = collab_view(config, dim)
+        else:
+            items, _, _ = catalogue_and_train_pairs(config)
+            items, emb = text_view(config, items, config["text_view_fields"], dim)
+        save_item_view(path, items, emb, source_hash=expected)
+        logger.info(f"item view '{view}' written: {path} {emb.shape}")
+        out[view] = (list(items), emb)
+    return out

@@ -1,0 +1,43 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_macrec import compat
+
+
+def test_recbole_original_compatibility_settings_fails_on_numpy2_and_ours_works():
+    from recbole.config.configurator import Config
+
+    original = Config.compatibility_settings.original
+    if hasattr(np, "float_"):
+        pytest.skip("numpy < 2: RecBole's own aliases still work")
+    with pytest.raises(AttributeError):
+        original(None)
+    Config.compatibility_settings(None)
+    assert np.float is np.float64 and np.int is np.int_ and np.unicode is np.str_
+
+
+def test_numpy_aliases_do_not_override_existing_names():
+    before = np.bool
+    compat.set_numpy_aliases()
+    assert np.bool is before
+
+
+class _PickledConfig:  # stands in for the Config RecBole pickles into checkpoints
+    value = 3
+
+
+def test_trainer_torch_load_reads_recbole_checkpoints(tmp_path):
+    import recbole.trainer.trainer as trainer_module
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"config": _PickledConfig(), "state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path)  # torch >= 2.6 default: refuses pickled objects
+    loaded = trainer_module.torch.load(path, map_location="cpu")
+    assert loaded["config"].value == 3
+    # Only RecBole's trainer module sees the trusting load; torch itself is unchanged.
+    assert torch.load is not trainer_module.torch.load
+    assert trainer_module.torch.nn is torch.nn

@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from conftest import tiny_config_dict
+from recbole_macrec.quick_start import run_recbole
+from recbole_macrec.utils import available_models, get_model
+
+
+def test_unknown_model_is_a_clear_error_listing_models():
+    with pytest.raises(ValueError) as err:
+        get_model("NoSuchModel")
+    assert "NoSuchModel" in str(err.value) and "SASRec" in str(err.value)
+
+
+def test_run_recbole_script_rejects_unknown_model(workdir):
+    import run_recbole
+
+    with pytest.raises(SystemExit) as err:
+        run_recbole.main(["--model=NoSuchModel"])
+    assert "Unknown model 'NoSuchModel'" in str(err.value) and "GRU4Rec" in str(err.value)
+
+
+def test_builtin_models_are_listed():
+    names = available_models()
+    for name in ("SASRec", "BERT4Rec", "GRU4Rec", "FDSA", "BPR"):
+        assert name in names
+
+
+def test_missing_dataset_names_the_file(workdir):
+    with pytest.raises(FileNotFoundError, match="nowhere.inter"):
+        run_recbole("SASRec", "nowhere", config_dict=tiny_config_dict(workdir / "data"))
+
+
+@pytest.mark.parametrize("model", ["SASRec", "GRU4Rec", "BERT4Rec", "FDSA"])
+def test_builtin_sequential_models_run_end_to_end(tiny_dataset, model):
+    extra = {"selected_features": ["class"]} if model == "FDSA" else {}
+    result = run_recbole(model, "tiny", config_dict=tiny_config_dict(tiny_dataset, **extra))
+    assert set(result["test_result"]) == {f"{m}@{k}" for m in ("hit", "ndcg") for k in (1, 5, 10, 20)}
+    saved = json.loads(open(result["result_file"]).read())
+    assert saved["test_result"] == result["test_result"]
+    assert saved["model"] == model and saved["epochs"] == 1
