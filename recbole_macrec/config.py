@@ -5,7 +5,7 @@ from recbole_macrec.utils import PROPERTIES_DIR, get_model
 
 
 class Config(RecBoleConfig):
-    """Precedence, lowest first: RecBole's own yaml, the plugin's ``overall.yaml``, the plugin's
+    """Precedence, lowest first: RecBole's own yaml, the plugin's ``overall.yaml`` and ``semantic_ids.yaml``, the plugin's
     ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, then the user's config files,
     config dict and command line (RecBole's usual order for external input)."""
 
@@ -28,6 +28,7 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         for path in (
             PROPERTIES_DIR / "overall.yaml",
+            PROPERTIES_DIR / "semantic_ids.yaml",
             PROPERTIES_DIR / "model" / f"{model}.yaml",
             PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
         ):

@@ -1,0 +1,31 @@
+"""Seeded k-means: pseudo-labels for MACRec and codebook initialisation for the RQ-VAE."""
+import numpy as np
+
+
+def kmeans(x, k, seed=2020, niter=50, nredo=3):
+    """Cluster rows of ``x`` ``[n, d]`` into ``k`` groups; returns ``(centroids [k, d], labels [n])``.
+
+    faiss is the fast path; the best of ``nredo`` seeded runs is kept, so the result is
+    deterministic for a given seed and input.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means with k={k} needs 1 <= k <= number of points ({n})")
+    if k == n:  # every point its own cluster
+        return x.copy(), np.arange(n, dtype=np.int64)
+    # faiss samples at most max_points_per_centroid * k points; use all of them.
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed), verbose=False, nredo=nredo,
+                      max_points_per_centroid=max(256, (n + k - 1) // k + 1), min_points_per_centroid=1)
+    km.train(x)
+    _, labels = km.index.search(x, 1)
+    return km.centroids.copy(), labels[:, 0].astype(np.int64)
+
+
+def pseudo_labels(x, k, seed=2020, niter=50):
+    """MACRec's pseudo-labels: k-means on a raw view with ``k`` capped below the item count."""
+    n = len(x)
+    k = max(1, min(int(k), n // 2 if n >= 4 else 1))
+    return kmeans(x, k, seed=seed, niter=niter)[1]

@@ -1,0 +1,265 @@
+"""The semantic-ID pre-stage: item views -> codes -> a RecBole dataset with ``<view>_sid`` features.
+
+    python -m recbole_macrec.semantic_ids --dataset=ml-100k --method=macrec [--config_files=...]
+
+Output: ``<work dir>/sid-<method>/`` holding a copy of the dataset's ``.inter`` (and ``.user``),
+a ``.item`` file with the original columns (cells unchanged) plus one ``<view>_sid:float_seq``
+column per view, and ``sid_report.json``. The user's own files are never modified. The report's
+``input_hash`` (inputs + settings) decides whether a cached result can be reused.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from logging import getLogger
+
+import numpy as np
+import pandas as pd
+
+from recbole_macrec.data.atomic import atomic_path, read_atomic, write_atomic
+from recbole_macrec.data.default_views import catalogue_and_train_pairs, ensure_item_views
+from recbole_macrec.data.item_views import file_digest, item_view_path, work_dir
+from recbole_macrec.quantization.collisions import (
+    add_extra_level, codebook_stats, collision_rate, cyclic_distances, resolve_collisions)
+from recbole_macrec.quantization.train import METHODS, QuantizerParams, train_quantizers
+
+REPORT = "sid_report.json"
+COPIED_SUFFIXES = ("inter", "user")
+
+
+class SemanticIdError(ValueError):
+    pass
+
+
+def sid_field(view):
+    return f"{view}_sid"
+
+
+def output_dir(config, method):
+    return os.path.join(work_dir(config), f"sid-{method}")
+
+
+def codes_file(config, view):
+    """Published codes for ``--method=import`` (written by dataset_prep/mql4grec_to_recbole.py)."""
+    return os.path.join(config["data_path"], f"{config['dataset']}.{view}.codes.json")
+
+
+def input_files(config, method, views):
+    files = [atomic_path(config["data_path"], config["dataset"], s) for s in ("inter", "item", "user")]
+    files = [f for f in files if os.path.isfile(f)]
+    if method == "import":
+        files += [codes_file(config, v) for v in views]
+    else:
+        files += [item_view_path(config, v) for v in views]
+    return files
+
+
+def input_hash(config, method, views, params):
+    settings = json.dumps({"method": method, "views": list(views), "seed": config["seed"],
+                           "params": params.__dict__}, sort_keys=True, default=list)
+    return file_digest(*input_files(config, method, views), extra=settings)
+
+
+def load_imported_codes(config, view, items):
+    """Published codes of ``view`` as ``[N, L]`` in catalogue order; checks they fit the dataset."""
+    path = codes_file(config, view)
+    if not os.path.isfile(path):
+        raise SemanticIdError(f"view '{view}': codes file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    missing = [t for t in items if t not in raw]
+    if missing:
+        raise SemanticIdError(f"{path}: item '{missing[0]}' of dataset '{config['dataset']}' has "
+                              f"no code ({len(missing)} missing): is it another dataset's file?")
+    extra = set(raw) - set(items)
+    if extra:
+        raise SemanticIdError(f"{path}: {len(extra)} items are not in dataset '{config['dataset']}' "
+                              f"(e.g. '{sorted(extra)[0]}'): is it another dataset's file?")
+    lengths = {len(raw[t]) for t in items}
+    if len(lengths) != 1:
+        raise SemanticIdError(f"{path}: code lengths differ between items: {sorted(lengths)}")
+    return np.asarray([raw[t] for t in items], dtype=np.int64)
+
+
+def resolve(codes, params, view_codes=None):
+    """Unique codes per the configured strategy; returns ``(codes, moved_rows, how)``."""
+    if params.collision == "extra_level":
+        out = add_extra_level(codes)
+        return out, [int(r) for r in np.flatnonzero(out[:, -1] > 0)], "extra disambiguation level"
+    m = max(params.codebook_size, int(codes.max()) + 1)
+    if view_codes is None:
+        last = cyclic_distances(codes, -1, m)
+        prev = cyclic_distances(codes, -2, m) if codes.shape[1] > 1 else None
+        how = ("no embeddings: in each colliding group the first item (catalogue order) keeps its "
+               "code, the others take the next free last-level code upwards (mod M)")
+    else:
+        last, prev = view_codes.last_distances, view_codes.prev_distances
+        how = ("distance-based: the item nearest its last-level codeword keeps it, the others take "
+               "their next-nearest free last-level codeword")
+    out, moved = resolve_collisions(codes, last, prev)
+    return out, moved, how
+
+
+def view_report(view, before, after, moved, how, params, extra=None):
+    m = max(params.codebook_size, int(after.max()) + 1)
+    return {"view": view, "levels": int(after.shape[1]), "collision_rate_before": collision_rate(before),
+            "collision_rate_after": collision_rate(after), "items_moved": len(moved),
+            "resolution": how, "codebook_before": codebook_stats(before, m), **(extra or {})}
+
+
+def compute_codes(config, method, views, items, params, device, show_progress, loaded=None):
+    """Per-view resolved codes ``{view: [N, L]}`` and the per-view report entries
+    (``loaded``: the item views, ``{view: (items, emb)}``, for the training methods)."""
+    logger = getLogger()
+    if method == "import":
+        raw = {v: (load_imported_codes(config, v, items), None) for v in views}
+    else:
+        matrices = {}
+        for v in views:
+            view_items, emb = loaded[v]
+            row = {t: i for i, t in enumerate(view_items)}
+            missing = [t for t in items if t not in row]
+            if missing:
+                raise SemanticIdError(f"{item_view_path(config, v)}: item '{missing[0]}' of the "
+                                      f"dataset has no row ({len(missing)} missing)")
+            matrices[v] = emb[[row[t] for t in items]]
+        trained = train_quantizers(matrices, method, params, config["seed"], device, show_progress)
+        raw = {v: (trained[v].codes, trained[v]) for v in views}
+    codes, reports = {}, []
+    for v, (before, view_codes) in raw.items():
+        after, moved, how = resolve(before, params, view_codes)
+        extra = {"best_epoch": view_codes.epoch, "history": view_codes.history} if view_codes else {}
+        reports.append(view_report(v, before, after, moved, how, params, extra))
+        logger.info(f"semantic IDs '{v}': collision rate {reports[-1]['collision_rate_before']:.4f} "
+                    f"-> {reports[-1]['collision_rate_after']:.4f} ({len(moved)} items moved)")
+        codes[v] = after
+    return codes, reports
+
+
+def item_table(config, items, codes):
+    """The derived ``.item`` frame: original columns (catalogue rows) plus ``<view>_sid``."""
+    logger = getLogger()
+    iid = config["ITEM_ID_FIELD"]
+    path = atomic_path(config["data_path"], config["dataset"], "item")
+    if os.path.isfile(path):
+        frame, types = read_atomic(path)
+        if iid not in frame.columns:
+            raise SemanticIdError(f"{path}: no '{iid}' column")
+        for v in codes:
+            if sid_field(v) in frame.columns:
+                raise SemanticIdError(f"{path}: already has a column '{sid_field(v)}'; rename it "
+                                      f"(the pre-stage never overwrites a user's column)")
+        extra_rows = ~frame[iid].isin(set(items))
+        if extra_rows.any():
+            logger.warning(f"{path}: {int(extra_rows.sum())} items are not in the interactions and "
+                           f"are left out of the derived .item (they would become ranking candidates)")
+        frame = frame[~extra_rows].drop_duplicates(iid).set_index(iid).reindex(items, fill_value="")
+        frame = frame.reset_index().rename(columns={"index": iid})
+    else:
+        frame, types = pd.DataFrame({iid: items}), {iid: "token"}
+    for v, table in codes.items():
+        frame[sid_field(v)] = [" ".join(map(str, row)) for row in table]
+        types[sid_field(v)] = "float_seq"
+    return frame, types
+
+
+def _publish(tmp, out):
+    """Swap a finished temp folder into place; an older result is replaced only at the end."""
+    backup = None
+    if os.path.isdir(out):
+        backup = f"{out}.old-{os.getpid()}"
+        os.replace(out, backup)
+    os.replace(tmp, out)
+    if backup:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def build_semantic_ids(config, method=None, force=False, show_progress=None):
+    """Make sure ``sid-<method>/`` is current for ``config``'s dataset; return its folder."""
+    logger = getLogger()
+    method = method or config["sid_method"]
+    if method not in METHODS:
+        raise SemanticIdError(f"unknown sid method '{method}' (expected one of {', '.join(METHODS)})")
+    views = list(config["sid_views"] or [])
+    if not views:
+        raise SemanticIdError("sid_views is empty: name the item views to quantise")
+    params = QuantizerParams.from_config(config)
+    # Views the project computes itself must exist (and be current) before they are hashed.
+    loaded = ensure_item_views(config, views) if method != "import" else None
+    digest = input_hash(config, method, views, params)
+    out = output_dir(config, method)
+    report_path = os.path.join(out, REPORT)
+    if not force and os.path.isfile(report_path):
+        with open(report_path) as f:
+            if json.load(f).get("input_hash") == digest:
+                logger.info(f"semantic IDs up to date: {out}")
+                return out
+        logger.info(f"semantic IDs in {out} are stale (inputs or settings changed): recomputing")
+    start = time.time()
+    items, _, _ = catalogue_and_train_pairs(config)
+    device = config["device"] if config["device"] is not None else "cpu"
+    show = config["show_progress"] if show_progress is None else show_progress
+    codes, reports = compute_codes(config, method, views, items, params, device, show, loaded)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".sid-", dir=os.path.dirname(os.path.abspath(out)))
+    try:
+        for suffix in COPIED_SUFFIXES:
+            src = atomic_path(config["data_path"], config["dataset"], suffix)
+            if os.path.isfile(src):
+                shutil.copyfile(src, atomic_path(tmp, config["dataset"], suffix))
+        frame, types = item_table(config, items, codes)
+        write_atomic(atomic_path(tmp, config["dataset"], "item"), frame, types)
+        report = {"dataset": config["dataset"], "method": method, "views": views,
+                  "seed": config["seed"], "params": params.__dict__, "input_hash": digest,
+                  "inputs": {os.path.basename(p): file_digest(p) for p in input_files(config, method, views)},
+                  "n_items": len(items), "seconds": round(time.time() - start, 2), "per_view": reports}
+        with open(os.path.join(tmp, REPORT), "w") as f:
+            json.dump(report, f, indent=2, default=list)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info(f"semantic IDs written: {out}")
+    return out
+
+
+def read_report(folder):
+    with open(os.path.join(folder, REPORT)) as f:
+        return json.load(f)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--method", default=None, choices=METHODS)
+    parser.add_argument("--model", default="SASRec",
+                        help="model whose yaml is read with the config (only sid_* settings matter)")
+    parser.add_argument("--config_files", default=None)
+    parser.add_argument("--force", action="store_true", help="recompute even when up to date")
+    args, _ = parser.parse_known_args(argv)
+
+    import recbole_macrec  # noqa: F401
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_macrec.config import Config
+
+    files = args.config_files.split() if args.config_files else None
+    config = Config(model=args.model, dataset=args.dataset, config_file_list=files)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    try:
+        out = build_semantic_ids(config, args.method or config["sid_method"] or "macrec", args.force)
+    except (SemanticIdError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    report = read_report(out)
+    for v in report["per_view"]:
+        print(f"{v['view']}: collision rate {v['collision_rate_before']:.4f} -> "
+              f"{v['collision_rate_after']:.4f}; usage per level "
+              + ", ".join(f"{s['usage']:.2f}" for s in v["codebook_before"]))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

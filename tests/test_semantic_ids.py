@@ -1,0 +1,115 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import instruments_src, tiny_config_dict
+from recbole_macrec.semantic_ids import SemanticIdError, build_semantic_ids, read_report
+
+TINY_SID = dict(sid_views=["text", "collab"], text_view_fields=["title", "class"], view_dim=8,
+                sid_num_levels=3, sid_codebook_size=4, sid_e_dim=8, sid_encoder_layers=[16],
+                sid_epochs=2, sid_batch_size=16, sid_pseudo_label_k=4, sid_con_weights=[0, 0.1, 0.1])
+
+
+def _config(data_path, **kw):
+    from recbole_macrec.config import Config
+
+    return Config(model="SASRec", dataset="tiny", config_dict=tiny_config_dict(data_path, **{**TINY_SID, **kw}))
+
+
+def _recbole_codes(config, folder, views):
+    from recbole.data import create_dataset, data_preparation
+
+    config["data_path"] = folder
+    config["load_col"]["item"] = ["item_id", *[f"{v}_sid" for v in views]]
+    ds = data_preparation(config, create_dataset(config))[0]._dataset
+    feat = ds.get_item_feature()
+    tokens = ds.field2id_token["item_id"]
+    return {v: dict(zip(tokens[1:], feat[f"{v}_sid"][1:].long().tolist())) for v in views}
+
+
+def test_macrec_prestage_writes_unique_codes_as_recbole_item_features(tiny_dataset):
+    config = _config(tiny_dataset)
+    folder = build_semantic_ids(config, "macrec", show_progress=False)
+    report = read_report(folder)
+    assert report["method"] == "macrec" and report["n_items"] == 30
+    for view in report["per_view"]:
+        assert view["collision_rate_after"] == 0
+        assert 0 <= view["collision_rate_before"] <= 1
+        assert len(view["codebook_before"]) == 3
+    codes = _recbole_codes(_config(tiny_dataset), folder, ["text", "collab"])
+    for view, table in codes.items():
+        assert len(table) == 30 and len({tuple(c) for c in table.values()}) == 30
+        assert all(len(c) == 3 and all(0 <= x < 4 for x in c) for c in table.values())
+    # the user's own .item columns are kept cell for cell
+    original = (tiny_dataset / "tiny" / "tiny.item").read_text().splitlines()
+    derived = (folder and open(os.path.join(folder, "tiny.item")).read().splitlines())
+    assert derived[0].startswith(original[0] + "\t")
+    kept = {line.split("\t")[0]: line.split("\t")[:3] for line in derived[1:]}
+    assert all(kept[line.split("\t")[0]] == line.split("\t") for line in original[1:])
+    assert (tiny_dataset / "tiny" / "tiny.item").read_text().splitlines() == original
+
+
+def test_cached_result_is_reused_and_stale_result_recomputed(tiny_dataset):
+    folder = build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)
+    stamp = os.path.getmtime(os.path.join(folder, "sid_report.json"))
+    build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)
+    assert os.path.getmtime(os.path.join(folder, "sid_report.json")) == stamp
+    build_semantic_ids(_config(tiny_dataset, seed=7), "rqvae", show_progress=False)
+    assert read_report(folder)["seed"] == 7
+
+
+def test_failed_run_keeps_previous_output(tiny_dataset):
+    folder = build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)
+    before = read_report(folder)
+    with pytest.raises(ValueError, match="sid_codebook_size=64 exceeds"):
+        build_semantic_ids(_config(tiny_dataset, sid_codebook_size=64), "rqvae", show_progress=False)
+    assert read_report(folder) == before
+
+
+def test_view_missing_an_item_is_named(tiny_dataset):
+    from recbole_macrec.data.item_views import ItemViewError, save_item_view
+
+    save_item_view(tiny_dataset / "tiny" / "tiny.image.npz", [f"i{i}" for i in range(29)], np.ones((29, 3)))
+    with pytest.raises(SemanticIdError, match=r"tiny.image.npz: item 'i29'"):
+        build_semantic_ids(_config(tiny_dataset, sid_views=["text", "image"]), "macrec", show_progress=False)
+    with pytest.raises(ItemViewError, match="item view 'photo' not found"):
+        build_semantic_ids(_config(tiny_dataset, sid_views=["photo"]), "rqvae", show_progress=False)
+
+
+def test_import_rejects_codes_of_another_dataset(tiny_dataset):
+    path = tiny_dataset / "tiny" / "tiny.text.codes.json"
+    path.write_text(json.dumps({f"x{i}": [1, 2] for i in range(30)}))
+    with pytest.raises(SemanticIdError, match=r"item 'i\d+' of dataset 'tiny' has no code \(30 missing\)"):
+        build_semantic_ids(_config(tiny_dataset, sid_views=["text"]), "import", show_progress=False)
+    codes = {f"i{i}": [i % 3, i] for i in range(30)}
+    codes["zz"] = [0, 0]
+    path.write_text(json.dumps(codes))
+    with pytest.raises(SemanticIdError, match="1 items are not in dataset 'tiny'"):
+        build_semantic_ids(_config(tiny_dataset, sid_views=["text"]), "import", show_progress=False)
+
+
+def test_import_of_instruments_keeps_published_codes_of_non_colliding_items(workdir):
+    from dataset_prep.mql4grec_to_recbole import convert
+    from recbole_macrec.config import Config
+
+    src = instruments_src()
+    convert(src, workdir / "data" / "Instruments")
+    cfg = tiny_config_dict(workdir / "data", load_col={"inter": ["user_id", "item_id", "timestamp"]})
+    config = Config(model="SASRec", dataset="Instruments", config_dict=cfg)
+    folder = build_semantic_ids(config, "import", show_progress=False)
+    report = {v["view"]: v for v in read_report(folder)["per_view"]}
+    assert report["text"]["collision_rate_before"] == pytest.approx(262 / 6250)
+    assert report["text"]["collision_rate_after"] == 0 and report["image"]["items_moved"] == 0
+    config = Config(model="SASRec", dataset="Instruments", config_dict=cfg)
+    got = _recbole_codes(config, folder, ["text", "image"])
+    published = json.loads((src / "Instruments.index_lemb.json").read_text())
+    tuples = {k: tuple(int(t.split("_")[1][:-1]) for t in v) for k, v in published.items()}
+    counts = {}
+    for t in tuples.values():
+        counts[t] = counts.get(t, 0) + 1
+    unique_items = [k for k, t in tuples.items() if counts[t] == 1]
+    assert len(unique_items) > 5000
+    assert all(tuple(got["text"][k]) == tuples[k] for k in unique_items)
+    assert len({tuple(c) for c in got["text"].values()}) == 6250
