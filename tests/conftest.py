@@ -78,3 +78,38 @@ def instruments_src():
     if not (path / "Instruments.inter.json").is_file():
         pytest.skip("../shared/data/Instruments is not present")
     return path
+
+
+def write_codes(folder, name="tiny", n_items=30):
+    """Hand-made unique 3-level codes for views 'text' and 'image' (import method)."""
+    import json
+
+    text = {f"i{i}": [i // 9, (i // 3) % 3, i % 3] for i in range(n_items)}
+    image = {f"i{i}": [(7 * i) % 5, (i // 5) % 3, i % 2] for i in range(n_items)}
+    assert len({tuple(v) for v in image.values()}) == n_items
+    (Path(folder) / f"{name}.text.codes.json").write_text(json.dumps(text))
+    (Path(folder) / f"{name}.image.codes.json").write_text(json.dumps(image))
+    return text, image
+
+
+TINY_T5 = dict(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+               dropout_rate=0.0, train_batch_size=32, eval_batch_size=16, learning_rate=0.005,
+               sid_method="import", sid_views=["text", "image"])
+
+
+def build_model(model_name, data_path, **extra):
+    """A generative model on the tiny dataset (codes imported) and its RecBole data splits."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_macrec.config import Config
+    from recbole_macrec.utils import get_model
+
+    model_class = get_model(model_name)
+    config = Config(model=model_class, dataset="tiny",
+                    config_dict=tiny_config_dict(data_path, **{**TINY_T5, **extra}))
+    init_seed(config["seed"], True)
+    model_class.prepare_data(config)
+    train, valid, test = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], True)
+    return model_class(config, train._dataset), config, (train, valid, test)

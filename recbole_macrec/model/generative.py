@@ -1,0 +1,237 @@
+"""Shared base of the encoder-decoder generative recommenders (TIGER, MACRec, MQL4GRec).
+
+An item is L semantic-ID tokens per view. A task maps source tokens (a prompt token, then a
+history's or an item's tokens, then eos) to the target item's L tokens plus eos. Inputs are
+built on the device from RecBole batches; decoding is the shared constrained beam search.
+"""
+from logging import getLogger
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from transformers import T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+
+from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
+from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
+
+# task -> (source view, source kind, target view index in self.views). "seq": the history;
+# "item": the target item itself. View 0 is the first of ``gr_views`` (text), view 1 the second.
+TASKS = {
+    "seqrec": (0, "seq", 0),
+    "seqimage": (1, "seq", 1),
+    "item2image": (0, "item", 1),
+    "image2item": (1, "item", 0),
+    "seqitem2image": (0, "seq", 1),
+    "seqimage2item": (1, "seq", 0),
+}
+
+
+class SemanticIdModelMixin:
+    """Semantic-ID plumbing shared by all generative models: pre-stage wiring and code tables."""
+
+    @classmethod
+    def prepare_data(cls, config):
+        """Run (or reuse) the pre-stage and point RecBole at the dataset with ``<view>_sid``."""
+        from recbole_macrec.semantic_ids import build_semantic_ids, sid_field
+
+        folder = build_semantic_ids(config, config["sid_method"])
+        config["data_path"] = folder
+        fields = [sid_field(v) for v in (config["gr_views"] or config["sid_views"])]
+        load_col = config["load_col"]
+        if load_col is not None:
+            item_cols = list(load_col.get("item") or [config["ITEM_ID_FIELD"]])
+            load_col["item"] = item_cols + [f for f in fields if f not in item_cols]
+        getLogger().info(f"semantic IDs from {folder}: fields {fields}")
+
+    def load_code_tables(self, dataset, views):
+        """``{view: [n_items, L]}`` long codes by internal item id; validates them."""
+        from recbole_macrec.semantic_ids import sid_field
+
+        item_feat = dataset.get_item_feature()
+        tables = {}
+        for view in views:
+            field = sid_field(view)
+            if field not in item_feat.interaction:
+                raise ValueError(f"dataset '{dataset.dataset_name}' has no item feature '{field}': "
+                                 f"run the semantic-ID pre-stage (python -m recbole_macrec.semantic_ids)")
+            raw = item_feat[field].float()
+            codes = raw.round().long()
+            if not torch.equal(codes.float(), raw) or (codes[1:] < 0).any():
+                raise ValueError(f"item feature '{field}' holds non-integer or negative codes "
+                                 f"(was it normalised? set normalize_all: False)")
+            if len(torch.unique(codes[1:], dim=0)) != len(codes) - 1:
+                raise ValueError(f"item feature '{field}': two items share a semantic ID (or an item "
+                                 f"has no code); resolve collisions in the pre-stage")
+            tables[view] = codes
+        return tables
+
+
+class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
+    """T5 over semantic IDs. Subclasses set ``tasks`` (names from :data:`TASKS`) and may add losses."""
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.views = list(config["gr_views"] or config["sid_views"])
+        self.tasks = list(config["gr_tasks"])
+        for task in self.tasks:
+            if task not in TASKS:
+                raise ValueError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
+            if max(TASKS[task][0], TASKS[task][2]) >= len(self.views):
+                raise ValueError(f"task '{task}' needs two views, gr_views = {self.views}")
+        weights = config["gr_task_weights"] or {}
+        self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.beam_size = int(config["beam_size"])
+        topk = max(config["topk"])
+        if self.beam_size < topk:
+            raise ValueError(f"beam_size={self.beam_size} is smaller than the largest top-k ({topk}): "
+                             f"the evaluator would rank items the beam never scored")
+        self.inference_views = list(config["gr_inference_views"] or self.views[:1])
+
+        self.vocab = SemanticIdVocab(self.load_code_tables(dataset, self.views), self.tasks)
+        for view in self.views:
+            self.register_buffer(f"_tokens_{view}", self.vocab.item_token_table(view), persistent=False)
+        self.tries = {}
+        self.t5 = T5ForConditionalGeneration(T5Config(
+            vocab_size=self.vocab.size, d_model=config["d_model"], d_kv=config["d_kv"],
+            d_ff=config["d_ff"], num_layers=config["num_layers"],
+            num_decoder_layers=config["num_decoder_layers"], num_heads=config["num_heads"],
+            dropout_rate=config["dropout_rate"], feed_forward_proj=config["feed_forward_proj"] or "relu",
+            pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
+        ))
+
+    # ---- token construction (all on the device) -------------------------------------------
+    def item_tokens(self, view, items):
+        """``[..., L]`` tokens of item ids ``[...]`` in ``view``."""
+        return getattr(self, f"_tokens_{view}")[items]
+
+    def history_source(self, view, item_seq, item_len, task):
+        """Source ``[B, S]`` and mask: prompt, the history's tokens (oldest first), eos, padding.
+
+        ``item_seq [B, T]`` is RecBole's left-aligned, zero-padded history; ``S`` is cut to the
+        batch's own longest history."""
+        B, T = item_seq.shape
+        L = self.vocab.num_levels(view)
+        flat = self.item_tokens(view, item_seq).view(B, T * L)
+        src = torch.cat([flat.new_full((B, 1), self.vocab.task_ids[task]), flat, flat.new_zeros(B, 1)], 1)
+        src.scatter_(1, (1 + item_len * L).long().view(-1, 1), EOS)
+        src = src[:, : 2 + int(item_len.max()) * L]
+        return src, src.ne(PAD)
+
+    def item_source(self, view, items, task):
+        """Source ``[B, L + 2]``: prompt, one item's tokens, eos."""
+        tok = self.item_tokens(view, items)
+        B = tok.shape[0]
+        src = torch.cat([tok.new_full((B, 1), self.vocab.task_ids[task]), tok, tok.new_full((B, 1), EOS)], 1)
+        return src, src.ne(PAD)
+
+    def target_tokens(self, view, items):
+        """Target ``[B, L + 1]``: the item's tokens, then eos."""
+        tok = self.item_tokens(view, items)
+        return torch.cat([tok, tok.new_full((tok.shape[0], 1), EOS)], 1)
+
+    def task_batch(self, task, interaction):
+        """``(source, mask, target)`` of ``task`` for a RecBole batch."""
+        src_view, kind, tgt_view = TASKS[task]
+        src_view, tgt_view = self.views[src_view], self.views[tgt_view]
+        target_items = interaction[self.POS_ITEM_ID]
+        if kind == "seq":
+            src, mask = self.history_source(src_view, interaction[self.ITEM_SEQ],
+                                            interaction[self.ITEM_SEQ_LEN], task)
+        else:
+            src, mask = self.item_source(src_view, target_items, task)
+        return src, mask, self.target_tokens(tgt_view, target_items)
+
+    # ---- training ----------------------------------------------------------------------------
+    def seq2seq_loss(self, src, mask, target):
+        """Mean token cross-entropy of ``target [B, L + 1]`` given ``src [B, S]``; also returns
+        the encoder's last hidden state ``[B, S, d]``."""
+        out = self.t5(input_ids=src, attention_mask=mask,
+                      decoder_input_ids=self.t5._shift_right(target), return_dict=True)
+        loss = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), target.reshape(-1))
+        return loss, out.encoder_last_hidden_state
+
+    def task_losses(self, interaction):
+        """``{task: weighted loss}`` for the configured tasks."""
+        losses = {}
+        for task in self.tasks:
+            if self.task_weights[task] == 0:
+                continue
+            src, mask, target = self.task_batch(task, interaction)
+            losses[task] = self.task_weights[task] * self.seq2seq_loss(src, mask, target)[0]
+        return losses
+
+    def calculate_loss(self, interaction):
+        return sum(self.task_losses(interaction).values())
+
+    # ---- scoring and decoding ----------------------------------------------------------------
+    def trie(self, view):
+        if view not in self.tries:
+            table = getattr(self, f"_tokens_{view}")
+            codes = self.vocab.codes_of(view, table[1:])
+            self.tries[view] = CodeTrie.from_codes(
+                codes, torch.arange(1, len(table)), self.vocab.level_offsets[view],
+                self.vocab.level_sizes[view]).to(table.device)
+        return self.tries[view]
+
+    def decode_task(self, view):
+        """The task whose target is ``view`` from a history in the same view (seqrec/seqimage)."""
+        index = self.views.index(view)
+        for task in self.tasks:
+            src, kind, tgt = TASKS[task]
+            if kind == "seq" and src == index and tgt == index:
+                return task
+        raise ValueError(f"no history -> next item task for view '{view}' in gr_tasks {self.tasks}")
+
+    def beam_search(self, interaction, view):
+        """Top ``beam_size`` items ``[B, K]`` and their mean token log-probabilities ``[B, K]``."""
+        src, mask = self.history_source(view, interaction[self.ITEM_SEQ],
+                                        interaction[self.ITEM_SEQ_LEN], self.decode_task(view))
+        B, K = src.shape[0], self.beam_size
+        encoder = self.t5.get_encoder()(input_ids=src, attention_mask=mask, return_dict=True)
+        state = {"enc": encoder.last_hidden_state, "mask": mask, "cache": None}
+
+        def step(tokens, reorder):
+            if tokens is None:
+                tokens = src.new_full((B, 1), self.t5.config.decoder_start_token_id)
+            else:
+                if state["enc"].shape[0] != tokens.shape[0]:   # first expansion to B * K rows
+                    state["enc"] = state["enc"].repeat_interleave(K, 0)
+                    state["mask"] = state["mask"].repeat_interleave(K, 0)
+                state["cache"].reorder_cache(reorder)
+            out = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]),
+                          attention_mask=state["mask"], decoder_input_ids=tokens,
+                          past_key_values=state["cache"], use_cache=True, return_dict=True)
+            state["cache"] = out.past_key_values
+            return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+        return constrained_beam_search(step, B, self.trie(view), K)
+
+    def teacher_forced_scores(self, interaction, view, items):
+        """Mean log-probability ``[B]`` of ``items [B]``'s L tokens (eos excluded) given each
+        row's history in ``view``: the quantity beam search ranks by."""
+        src, mask = self.history_source(view, interaction[self.ITEM_SEQ],
+                                        interaction[self.ITEM_SEQ_LEN], self.decode_task(view))
+        target = self.target_tokens(view, items)
+        logits = self.t5(input_ids=src, attention_mask=mask,
+                         decoder_input_ids=self.t5._shift_right(target), return_dict=True).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(2, target[..., None])[..., 0]
+        return logp[:, :-1].mean(dim=1)
+
+    def fuse(self, per_view):
+        """Combine ``{view: (items, scores)}`` into ``[B, n_items]``; single view by default."""
+        (items, scores), = per_view.values()
+        return scores_to_matrix(items, scores, self.n_items)
+
+    def full_sort_predict(self, interaction):
+        """``[B, n_items]``: beam scores at the items beam search returned, -inf elsewhere."""
+        per_view = {view: self.beam_search(interaction, view) for view in self.inference_views}
+        return self.fuse(per_view)
+
+    def predict(self, interaction):
+        """Teacher-forced score ``[B]`` of ``interaction[ITEM_ID]`` (first inference view)."""
+        return self.teacher_forced_scores(interaction, self.inference_views[0],
+                                          interaction[self.ITEM_ID])
