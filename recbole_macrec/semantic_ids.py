@@ -2,7 +2,7 @@
 
     python -m recbole_macrec.semantic_ids --dataset=ml-100k --method=macrec [--config_files=...]
 
-Output: ``<work dir>/sid-<method>/`` holding a copy of the dataset's ``.inter`` (and ``.user``),
+Output: ``<work dir>/sid-<method>-<settings hash>/`` holding a copy of the dataset's ``.inter`` (and ``.user``),
 a ``.item`` file with the original columns (cells unchanged) plus one ``<view>_sid:float_seq``
 column per view, and ``sid_report.json``. The user's own files are never modified. The report's
 ``input_hash`` (inputs + settings) decides whether a cached result can be reused.
@@ -38,8 +38,18 @@ def sid_field(view):
     return f"{view}_sid"
 
 
-def output_dir(config, method):
-    return os.path.join(work_dir(config), f"sid-{method}")
+def settings_key(config, method, views, params):
+    """Everything besides the input files that determines the codes."""
+    return json.dumps({"method": method, "views": list(views), "seed": config["seed"],
+                       "params": params.__dict__}, sort_keys=True, default=list)
+
+
+def output_dir(config, method, views, params):
+    """``sid-<method>-<8 hex>``: one folder per setting, so ablations keep their own cache."""
+    import hashlib
+
+    key = hashlib.sha256(settings_key(config, method, views, params).encode()).hexdigest()[:8]
+    return os.path.join(work_dir(config), f"sid-{method}-{key}")
 
 
 def codes_file(config, view):
@@ -58,9 +68,8 @@ def input_files(config, method, views):
 
 
 def input_hash(config, method, views, params):
-    settings = json.dumps({"method": method, "views": list(views), "seed": config["seed"],
-                           "params": params.__dict__}, sort_keys=True, default=list)
-    return file_digest(*input_files(config, method, views), extra=settings)
+    return file_digest(*input_files(config, method, views),
+                       extra=settings_key(config, method, views, params))
 
 
 def load_imported_codes(config, view, items):
@@ -190,7 +199,7 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
     # Views the project computes itself must exist (and be current) before they are hashed.
     loaded = ensure_item_views(config, views) if method != "import" else None
     digest = input_hash(config, method, views, params)
-    out = output_dir(config, method)
+    out = output_dir(config, method, views, params)
     report_path = os.path.join(out, REPORT)
     if not force and os.path.isfile(report_path):
         with open(report_path) as f:

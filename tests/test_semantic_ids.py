@@ -54,10 +54,17 @@ def test_macrec_prestage_writes_unique_codes_as_recbole_item_features(tiny_datas
 def test_cached_result_is_reused_and_stale_result_recomputed(tiny_dataset):
     folder = build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)
     stamp = os.path.getmtime(os.path.join(folder, "sid_report.json"))
-    build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)
+    assert build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False) == folder
     assert os.path.getmtime(os.path.join(folder, "sid_report.json")) == stamp
-    build_semantic_ids(_config(tiny_dataset, seed=7), "rqvae", show_progress=False)
-    assert read_report(folder)["seed"] == 7
+    # another setting gets its own folder; the first one stays
+    other = build_semantic_ids(_config(tiny_dataset, seed=7), "rqvae", show_progress=False)
+    assert other != folder and read_report(other)["seed"] == 7 and os.path.isdir(folder)
+    # a changed input file makes the cached result stale: recomputed in place
+    old_hash = read_report(folder)["input_hash"]
+    with open(tiny_dataset / "tiny" / "tiny.inter", "a") as f:
+        f.write("u0\ti3\t99999\n")
+    assert build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False) == folder
+    assert read_report(folder)["input_hash"] != old_hash
 
 
 def test_failed_run_keeps_previous_output(tiny_dataset):

@@ -89,9 +89,11 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         if self.beam_size < topk:
             raise ValueError(f"beam_size={self.beam_size} is smaller than the largest top-k ({topk}): "
                              f"the evaluator would rank items the beam never scored")
-        self.inference_views = list(config["gr_inference_views"] or self.views[:1])
+        self.inference_views = list(config["gr_inference_views"] or self.views)
 
-        self.vocab = SemanticIdVocab(self.load_code_tables(dataset, self.views), self.tasks)
+        # Every known task keeps its prompt token, so that switching tasks off (ablations) leaves
+        # the vocabulary, and hence the initial weights, unchanged.
+        self.vocab = SemanticIdVocab(self.load_code_tables(dataset, self.views), list(TASKS))
         for view in self.views:
             self.register_buffer(f"_tokens_{view}", self.vocab.item_token_table(view), persistent=False)
         self.tries = {}
@@ -226,6 +228,7 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         (items, scores), = per_view.values()
         return scores_to_matrix(items, scores, self.n_items)
 
+    @torch.no_grad()
     def full_sort_predict(self, interaction):
         """``[B, n_items]``: beam scores at the items beam search returned, -inf elsewhere."""
         per_view = {view: self.beam_search(interaction, view) for view in self.inference_views}

@@ -1,0 +1,165 @@
+"""Our constrained beam search vs transformers' generate + prefix_allowed_tokens_fn (a Python trie).
+
+Same model, same inputs: asserts identical top-B item lists, prints and writes the speed ratio.
+
+    python benchmarks/beam_search_vs_hf.py [--users=128] [--batch=64] [--device=cuda] [--out=results/bench.json]
+
+The catalogue is Instruments' published text codes (6,250 items x 4 levels) when
+../shared/data/Instruments is present (or --codes=FILE), else 6,250 random unique 4-level codes.
+The T5 has the official sizes and random weights (the comparison needs no training).
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search  # noqa: E402
+from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab  # noqa: E402
+
+DEFAULT_CODES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                             "shared", "data", "Instruments", "Instruments.index_lemb.json")
+
+
+def load_codes(path, n_items=6250, levels=4, size=256, seed=0):
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            raw = json.load(f)
+        codes = np.array([[int(re.match(r"<\w+_(\d+)>", t).group(1)) for t in raw[k]]
+                          for k in sorted(raw, key=int)])
+        from recbole_macrec.quantization.collisions import cyclic_distances, resolve_collisions
+
+        codes, _ = resolve_collisions(codes, cyclic_distances(codes, -1, size), cyclic_distances(codes, -2, size))
+        return codes, os.path.basename(path)
+    rng = np.random.default_rng(seed)
+    codes = np.unique(rng.integers(0, size, size=(n_items * 2, levels)), axis=0)[:n_items]
+    return codes, "random"
+
+
+def build(codes, device, seed=0):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    table = torch.cat([torch.zeros(1, codes.shape[1], dtype=torch.long), torch.from_numpy(codes)])
+    vocab = SemanticIdVocab({"text": table}, tasks=["seqrec"])
+    torch.manual_seed(seed)
+    t5 = T5ForConditionalGeneration(T5Config(
+        vocab_size=vocab.size, d_model=128, d_kv=64, d_ff=1024, num_layers=4, num_decoder_layers=4,
+        num_heads=6, dropout_rate=0.1, feed_forward_proj="relu", pad_token_id=PAD, eos_token_id=EOS,
+        decoder_start_token_id=PAD)).to(device).eval()
+    return vocab, t5
+
+
+def make_sources(vocab, n_users, n_items, device, seed=0, max_hist=20):
+    rng = np.random.default_rng(seed)
+    tokens = vocab.item_token_table("text")
+    rows = []
+    for _ in range(n_users):
+        hist = rng.integers(1, n_items + 1, size=int(rng.integers(1, max_hist + 1)))
+        rows.append([vocab.task_ids["seqrec"], *tokens[hist].flatten().tolist(), EOS])
+    width = max(map(len, rows))
+    src = torch.tensor([r + [PAD] * (width - len(r)) for r in rows], device=device)
+    return src, src.ne(PAD)
+
+
+def ours(t5, trie, src, mask, beam):
+    from transformers.modeling_outputs import BaseModelOutput
+
+    B = src.shape[0]
+    enc = t5.get_encoder()(input_ids=src, attention_mask=mask).last_hidden_state
+    state = {"enc": enc, "mask": mask, "cache": None}
+
+    def step(tokens, reorder):
+        if tokens is None:
+            tokens = src.new_zeros((B, 1))
+        else:
+            if state["enc"].shape[0] != tokens.shape[0]:
+                state["enc"] = state["enc"].repeat_interleave(beam, 0)
+                state["mask"] = state["mask"].repeat_interleave(beam, 0)
+            state["cache"].reorder_cache(reorder)
+        out = t5(encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]), attention_mask=state["mask"],
+                 decoder_input_ids=tokens, past_key_values=state["cache"], use_cache=True)
+        state["cache"] = out.past_key_values
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    return constrained_beam_search(step, B, trie, beam)
+
+
+def hf_generate(t5, prefix_tree, item_of, src, mask, beam, levels):
+    def allowed(batch_id, ids):
+        node = prefix_tree
+        for t in ids.tolist()[1:]:
+            node = node[t]
+        return list(node)
+
+    out = t5.generate(input_ids=src, attention_mask=mask, num_beams=beam, num_return_sequences=beam,
+                      max_new_tokens=levels, prefix_allowed_tokens_fn=allowed, do_sample=False,
+                      length_penalty=0.0, early_stopping=True)
+    seqs = out[:, 1:1 + levels].view(src.shape[0], beam, levels).tolist()
+    return torch.tensor([[item_of[tuple(s)] for s in row] for row in seqs])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--users", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--codes", default=DEFAULT_CODES)
+    parser.add_argument("--out", default=None, help="write the results as json here")
+    args = parser.parse_args(argv)
+
+    codes, source = load_codes(args.codes)
+    vocab, t5 = build(codes, args.device)
+    n_items, levels = codes.shape
+    tokens = vocab.item_token_table("text")
+    trie = CodeTrie.from_codes(codes, np.arange(1, n_items + 1), vocab.level_offsets["text"],
+                               vocab.level_sizes["text"]).to(args.device)
+    prefix_tree, item_of = {}, {}
+    for item in range(1, n_items + 1):
+        node = prefix_tree
+        for t in tokens[item].tolist():
+            node = node.setdefault(t, {})
+        item_of[tuple(tokens[item].tolist())] = item
+    src, mask = make_sources(vocab, args.users, n_items, args.device)
+
+    def timed(fn):
+        results = []
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            for b in range(0, args.users, args.batch):
+                results.append(fn(src[b:b + args.batch], mask[b:b + args.batch]))
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return results, time.perf_counter() - start
+
+    ours(t5, trie, src[:2], mask[:2], args.beam)  # warm-up
+    our_results, our_s = timed(lambda s, m: ours(t5, trie, s, m, args.beam)[0].cpu())
+    hf_results, hf_s = timed(lambda s, m: hf_generate(t5, prefix_tree, item_of, s, m, args.beam, levels))
+    ours_items, hf_items = torch.cat(our_results), torch.cat(hf_results)
+    identical = bool(torch.equal(ours_items, hf_items))
+    same_sets = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / args.beam
+                               for a, b in zip(ours_items, hf_items)]))
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{platform.machine()} CPU x{os.cpu_count()}"
+    result = {"device": device, "catalogue": source, "items": n_items, "levels": levels, "users": args.users,
+              "batch": args.batch, "beam": args.beam, "identical_lists": identical,
+              "mean_overlap": same_sets, "ours_users_per_s": args.users / our_s,
+              "hf_users_per_s": args.users / hf_s, "speedup": hf_s / our_s}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    if not identical:
+        sys.exit("top-B lists differ between our beam search and HF generate")
+
+
+if __name__ == "__main__":
+    main()

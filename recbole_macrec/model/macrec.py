@@ -1,0 +1,113 @@
+"""MACRec (Zhang et al., AAAI 2026): multi-aspect cross-modal quantisation for generative recommendation.
+
+Two views' semantic IDs (text, image; or any two by ``gr_views``) train one T5 on six tasks built
+from each RecBole batch: seqrec / seqimage (history -> next item, same view), item2image /
+image2item (an item's ID in one view -> the other view: explicit item-level alignment) and
+seqitem2image / seqimage2item (history in one view -> next item in the other: explicit
+sequence-level alignment). Implicit alignment: InfoNCE between mean-pooled encoder states of
+the same item's two IDs. Inference: beam search once per view, then fusion.
+"""
+import torch
+import torch.nn.functional as F
+
+from recbole_macrec.model.beam_search import scores_to_matrix
+from recbole_macrec.model.generative import GenerativeRecommender
+from recbole_macrec.model.vocab import EOS, PAD
+from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
+
+FUSIONS = ("published", "mean")
+
+
+def implicit_alignment_loss(a, b, temperature, bidirectional=True):
+    """InfoNCE between paired rows of ``a`` and ``b`` ``[B, d]`` (L2-normalised); both
+    directions averaged, or ``a -> b`` only (the released code's variant)."""
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    loss = F.cross_entropy(logits, target)
+    if bidirectional:
+        loss = (loss + F.cross_entropy(logits.t(), target)) / 2
+    return loss
+
+
+def published_fusion(items_a, scores_a, items_b, scores_b, n_items):
+    """Union of two beam lists ``[B, K]``: an item in both gets ``(s_a + s_b) / 2 + 1``, an item in
+    one list keeps its own score. Returns ``[B, n_items]`` (-inf for items in neither list)."""
+    a = scores_to_matrix(items_a, scores_a, n_items)
+    b = scores_to_matrix(items_b, scores_b, n_items)
+    both = torch.isfinite(a) & torch.isfinite(b)
+    return torch.where(both, (a + b) / 2 + 1, torch.maximum(a, b))
+
+
+class MACRec(GenerativeRecommender):
+    trainer_class = GenerativeTrainer
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        if len(self.views) != 2:
+            raise ValueError(f"{type(self).__name__} needs exactly two views, gr_views = {self.views}")
+        self.implicit_weight = float(config["implicit_weight"] or 0.0)
+        self.implicit_temperature = float(config["implicit_temperature"] or 0.1)
+        self.implicit_bidirectional = config["implicit_bidirectional"] is not False
+        self.fusion = config["fusion"] or "published"
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got '{self.fusion}'")
+
+    def pooled_item_states(self, view, items):
+        """Mean-pooled encoder states ``[B, d]`` of items' IDs in ``view`` (tokens + eos)."""
+        tok = self.item_tokens(view, items)
+        src = torch.cat([tok, tok.new_full((tok.shape[0], 1), EOS)], 1)
+        mask = src.ne(PAD)
+        states = self.t5.get_encoder()(input_ids=src, attention_mask=mask).last_hidden_state
+        return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+    def implicit_loss(self, interaction):
+        items = torch.unique(interaction[self.POS_ITEM_ID])  # repeated items would be false negatives
+        a = self.pooled_item_states(self.views[0], items)
+        b = self.pooled_item_states(self.views[1], items)
+        return implicit_alignment_loss(a.float(), b.float(), self.implicit_temperature,
+                                       self.implicit_bidirectional)
+
+    def task_losses(self, interaction):
+        losses = super().task_losses(interaction)
+        if self.implicit_weight > 0:
+            losses["implicit"] = self.implicit_weight * self.implicit_loss(interaction)
+        return losses
+
+    def fuse(self, per_view):
+        if len(per_view) == 1:
+            return super().fuse(per_view)
+        (items_a, scores_a), (items_b, scores_b) = per_view.values()
+        if self.fusion == "published":
+            return published_fusion(items_a, scores_a, items_b, scores_b, self.n_items)
+        return self.mean_fusion(per_view)
+
+    def mean_fusion(self, per_view):
+        """Plain mean of both views' scores over the union of the two lists; the view that did not
+        return an item scores it by teacher forcing."""
+        interaction = self._decoding_batch
+        union = torch.cat([items for items, _ in per_view.values()], dim=1)   # [B, 2K], -1 = none
+        safe = union.clamp_min(1)
+        B, width = union.shape
+        rows = interaction[torch.arange(B, device=union.device).repeat_interleave(width)]
+        total = 0
+        for view in per_view:
+            total = total + self.teacher_forced_scores(rows, view, safe.view(-1)).view(B, width)
+        scores = torch.where(union >= 0, total / len(per_view), torch.full_like(total, float("-inf")))
+        return scores_to_matrix(union, scores, self.n_items)
+
+    @torch.no_grad()
+    def full_sort_predict(self, interaction):
+        self._decoding_batch = interaction
+        try:
+            return super().full_sort_predict(interaction)
+        finally:
+            self._decoding_batch = None
+
+
+class MQL4GRec(MACRec):
+    """MQL4GRec (Zhai et al., ICLR 2025) without its large-scale pre-training.
+
+    Separate RQ-VAEs per view (no cross-modal terms), tasks seqrec, seqimage, item2image,
+    image2item, seqitem2image and seqimage2item, no implicit alignment, the same fusion. The
+    original's pre-training on millions of items from other domains is NOT included.
+    """

@@ -1,0 +1,182 @@
+import pytest
+import torch
+
+from conftest import ROOT, TINY_T5, build_model, tiny_config_dict, write_codes
+from recbole_macrec.model.macrec import implicit_alignment_loss, published_fusion
+from recbole_macrec.model.vocab import EOS
+
+CROSS_TASKS = {"item2image", "image2item", "seqitem2image", "seqimage2item"}
+
+
+@pytest.fixture
+def macrec(tiny_dataset):
+    write_codes(tiny_dataset / "tiny")
+    model, config, data = build_model("MACRec", tiny_dataset)
+    return model, config, data
+
+
+def _hand_batch(model):
+    from recbole.data.interaction import Interaction
+
+    return Interaction({"item_id_list": torch.tensor([[3, 5, 0], [7, 0, 0]]),
+                        "item_length": torch.tensor([2, 1]), "item_id": torch.tensor([9, 4])})
+
+
+def test_each_task_source_and_target_on_hand_built_batch(macrec):
+    model, _, _ = macrec
+    batch = _hand_batch(model)
+    T = lambda view, i: model.item_tokens(view, torch.tensor([i]))[0].tolist()
+    p = model.vocab.task_ids
+    expected = {
+        "seqrec": ([p["seqrec"], *T("text", 3), *T("text", 5), EOS], [*T("text", 9), EOS]),
+        "seqimage": ([p["seqimage"], *T("image", 3), *T("image", 5), EOS], [*T("image", 9), EOS]),
+        "item2image": ([p["item2image"], *T("text", 9), EOS], [*T("image", 9), EOS]),
+        "image2item": ([p["image2item"], *T("image", 9), EOS], [*T("text", 9), EOS]),
+        "seqitem2image": ([p["seqitem2image"], *T("text", 3), *T("text", 5), EOS], [*T("image", 9), EOS]),
+        "seqimage2item": ([p["seqimage2item"], *T("image", 3), *T("image", 5), EOS], [*T("text", 9), EOS]),
+    }
+    assert set(model.tasks) == set(expected)
+    for task, (src0, tgt0) in expected.items():
+        src, mask, tgt = model.task_batch(task, batch)
+        assert src[0].tolist() == src0, task
+        assert tgt[0].tolist() == tgt0, task
+        assert int(mask[0].sum()) == len(src0)
+    # the second row (history of one item) is padded after its eos
+    src, mask, _ = model.task_batch("seqrec", batch)
+    assert src[1].tolist()[:5] == [p["seqrec"], *T("text", 7), EOS] and not mask[1, 5:].any()
+    assert len(set(p.values())) == 6
+
+
+def test_implicit_loss_is_symmetric_and_vanishes_for_aligned_pairs():
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 16), torch.randn(8, 16)
+    assert implicit_alignment_loss(a, b, 0.1) == pytest.approx(float(implicit_alignment_loss(b, a, 0.1)))
+    one_way = implicit_alignment_loss(a, b, 0.1, bidirectional=False)
+    assert one_way != pytest.approx(float(implicit_alignment_loss(b, a, 0.1, bidirectional=False)))
+    assert implicit_alignment_loss(a, 3 * a, 0.01) < 1e-4
+    assert implicit_alignment_loss(a, b, 0.01) > 1.0
+
+
+def test_published_fusion_on_hand_made_lists():
+    inf = float("-inf")
+    items_text = torch.tensor([[1, 2, 3]])
+    scores_text = torch.tensor([[-0.1, -0.5, -0.9]])
+    items_image = torch.tensor([[3, 4, -1]])
+    scores_image = torch.tensor([[-0.2, -0.3, inf]])
+    fused = published_fusion(items_text, scores_text, items_image, scores_image, 6)[0]
+    # item 3 is in both lists: (-0.9 - 0.2) / 2 + 1 = 0.45 ranks first; then 1, 4, 2
+    assert fused.tolist() == pytest.approx([inf, -0.1, -0.5, 0.45, -0.3, inf])
+    assert fused.argsort(descending=True)[:4].tolist() == [3, 1, 4, 2]
+
+
+def test_full_sort_predict_fuses_both_views(macrec):
+    model, _, data = macrec
+    model.eval()
+    batch = next(iter(data[2]))[0][torch.arange(3)]
+    matrix = model.full_sort_predict(batch)
+    text = model.beam_search(batch, "text")
+    image = model.beam_search(batch, "image")
+    expected = published_fusion(*text, *image, model.n_items)
+    torch.testing.assert_close(matrix, expected)
+    model.fusion = "mean"
+    mean = model.full_sort_predict(batch)
+    finite = torch.isfinite(mean)
+    assert torch.equal(finite, torch.isfinite(expected))
+    r, i = finite.nonzero()[0].tolist()
+    both = (model.teacher_forced_scores(batch[torch.tensor([r])], "text", torch.tensor([i]))
+            + model.teacher_forced_scores(batch[torch.tensor([r])], "image", torch.tensor([i]))) / 2
+    assert mean[r, i] == pytest.approx(float(both), abs=1e-5)
+
+
+def _losses(model, batch):
+    torch.manual_seed(0)
+    model.eval()  # no dropout: terms are comparable across configurations
+    return {k: float(v) for k, v in model.task_losses(batch).items()}
+
+
+@pytest.mark.parametrize("ablation,removed", [
+    ("wo_implicit", {"implicit"}),
+    ("wo_explicit", CROSS_TASKS),
+])
+def test_model_ablation_switch_removes_exactly_its_term(tiny_dataset, ablation, removed):
+    import yaml
+
+    write_codes(tiny_dataset / "tiny")
+    full, _, data = build_model("MACRec", tiny_dataset)
+    batch = next(iter(data[0]))
+    switch = yaml.safe_load((ROOT / "properties" / "ablation" / f"{ablation}.yaml").read_text())
+    ablated, _, _ = build_model("MACRec", tiny_dataset, **switch)
+    full_losses, ablated_losses = _losses(full, batch), _losses(ablated, batch)
+    assert set(full_losses) - set(ablated_losses) == removed
+    for term in ablated_losses:
+        assert ablated_losses[term] == pytest.approx(full_losses[term], rel=1e-5), term
+
+
+@pytest.mark.parametrize("ablation,removed", [("wo_con", {"con2", "con3"}), ("wo_align", {"align"})])
+def test_prestage_ablation_switch_removes_exactly_its_term(ablation, removed):
+    import yaml
+
+    from recbole_macrec.quantization.kmeans import pseudo_labels
+    from recbole_macrec.quantization.train import QuantizerParams, _build, batch_loss
+
+    switch = yaml.safe_load((ROOT / "properties" / "ablation" / f"{ablation}.yaml").read_text())
+    small = dict(codebook_size=4, e_dim=8, encoder_layers=(16,), pseudo_label_k=4)
+    params = QuantizerParams(**small)
+    ablated = QuantizerParams(**small, **{k[4:]: tuple(v) if isinstance(v, list) else v
+                                          for k, v in switch.items()})
+    torch.manual_seed(0)
+    views = {"text": torch.randn(32, 6), "image": torch.randn(32, 5)}
+    models = _build(views, params, "macrec", "cpu")
+    labels = {k: torch.tensor(pseudo_labels(v.numpy(), 4, 0)) for k, v in views.items()}
+    idx = torch.arange(32)
+    outputs = {k: models[k](views[k][idx]) for k in models}
+    _, full = batch_loss(models, outputs, labels, idx, params, "macrec", torch.Generator().manual_seed(0))
+    _, cut = batch_loss(models, outputs, labels, idx, ablated, "macrec", torch.Generator().manual_seed(0))
+    assert set(full) - set(cut) == removed
+    for term in cut:
+        assert float(cut[term]) == pytest.approx(float(full[term])), term
+
+
+def test_a_few_steps_lower_the_multitask_loss(macrec):
+    model, _, data = macrec
+    model.train()
+    batch = next(iter(data[0]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    first = float(model.calculate_loss(batch))
+    for _ in range(15):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    assert float(model.calculate_loss(batch)) < first * 0.8
+
+
+def test_mql4grec_preset(tiny_dataset):
+    write_codes(tiny_dataset / "tiny")
+    model, config, _ = build_model("MQL4GRec", tiny_dataset)
+    assert model.implicit_weight == 0 and set(model.tasks) == {"seqrec", "seqimage"} | CROSS_TASKS
+    from recbole_macrec.config import Config
+
+    assert Config(model="MQL4GRec", dataset="tiny", config_dict=tiny_config_dict(tiny_dataset))["sid_method"] == "rqvae"
+    assert "pre-training" in type(model).__doc__
+
+
+def test_macrec_runs_end_to_end_from_the_script(tiny_dataset, monkeypatch):
+    """`run_recbole.py --model=MACRec` on a tiny dataset: the macrec pre-stage, training, test."""
+    import json
+    import sys
+
+    import run_recbole
+
+    args = ["run_recbole.py", "--model=MACRec", "--dataset=tiny", f"--data_path={tiny_dataset}",
+            "--sid_views=['text','collab']", "--text_view_fields=['title','class']", "--view_dim=8",
+            "--sid_num_levels=3", "--sid_codebook_size=4", "--sid_e_dim=8", "--sid_encoder_layers=[16]",
+            "--sid_epochs=2", "--sid_batch_size=16", "--sid_pseudo_label_k=4", "--sid_con_weights=[0,0.1,0.1]",
+            "--d_model=16", "--d_kv=8", "--d_ff=32", "--num_layers=1", "--num_decoder_layers=1",
+            "--num_heads=2", "--epochs=1", "--train_batch_size=64", "--eval_batch_size=16",
+            "--show_progress=False", "--state=WARNING", "--use_gpu=False",
+            "--load_col={'inter':['user_id','item_id','timestamp'],'item':['item_id','title','class']}"]
+    monkeypatch.setattr(sys, "argv", args)
+    result = run_recbole.main(args[1:])
+    assert result["model"] == "MACRec"
+    saved = json.loads(open(result["result_file"]).read())
+    assert 0 <= saved["test_result"]["ndcg@10"] <= 1 and saved["test_result"] == result["test_result"]
