@@ -8,6 +8,7 @@ import platform
 import time
 from logging import getLogger
 
+import numpy as np
 import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
@@ -22,21 +23,65 @@ def machine_description():
     return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
 
 
+def semantic_id_summary(report_path):
+    with open(report_path) as f:
+        report = json.load(f)
+    return {"method": report["method"], "folder": os.path.dirname(report_path),
+            "per_view": {v["view"]: {k: v[k] for k in ("collision_rate_before", "collision_rate_after",
+                                                       "items_moved")} for v in report["per_view"]}}
+
+
 def _jsonable(result):
     return {k: float(v) for k, v in (result or {}).items()}
 
 
-def write_result_file(config, result):
-    """Write one run's results as json under ``config['results_dir']``; returns the path."""
+def write_result_file(config, result, ranks=None):
+    """Write one run's results as json under ``config['results_dir']`` (and the per-user ranks of
+    the test target as ``<same name>.ranks.npz``); returns the json path."""
     out_dir = config["results_dir"] or "saved/results"
     os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(out_dir, f"{config['model']}-{config['dataset']}-{stamp}.json")
+    if ranks is not None:
+        users, rank = ranks
+        np.savez_compressed(path[: -len(".json")] + ".ranks.npz", users=users, rank=rank)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+class TestRankRecorder:
+    """Records, per test user, the rank (1..max top-k, 0 = not ranked) of the held-out item, so
+    that leaderboards can run paired significance tests on per-user metrics."""
+
+    def __init__(self, trainer, dataset):
+        self.trainer, self.dataset = trainer, dataset
+        self.users, self.topk = [], None
+        collector, evaluator = trainer.eval_collector, trainer.evaluator
+        self._collect, self._evaluate = collector.eval_batch_collect, evaluator.evaluate
+
+        def collect(scores, interaction, positive_u, positive_i):
+            self.users.append(interaction[dataset.uid_field].cpu())
+            return self._collect(scores, interaction, positive_u, positive_i)
+
+        def evaluate(struct):
+            self.topk = struct.get("rec.topk")
+            return self._evaluate(struct)
+
+        collector.eval_batch_collect, evaluator.evaluate = collect, evaluate
+
+    def ranks(self):
+        """``(user tokens [n], rank [n])`` of the last evaluation."""
+        hits = self.topk[:, :-1].numpy()
+        rank = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0).astype(np.int16)
+        users = self.dataset.id2token(self.dataset.uid_field, torch.cat(self.users).numpy())
+        return np.asarray(users).astype(str), rank
+
+    def close(self):
+        self.trainer.eval_collector.eval_batch_collect = self._collect
+        self.trainer.evaluator.evaluate = self._evaluate
 
 
 def check_dataset_files(config):
@@ -81,8 +126,10 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    recorder = TestRankRecorder(trainer, dataset_obj)
     test_result = trainer.evaluate(test_data, load_best_model=saved,
                                    show_progress=config["show_progress"])
+    recorder.close()
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
 
@@ -99,8 +146,11 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         "machine": machine_description(),
         "config_files": list(config_file_list or []),
     }
+    sid_report = os.path.join(config["data_path"], "sid_report.json")
+    if prepare is not None and os.path.isfile(sid_report):
+        result["semantic_ids"] = semantic_id_summary(sid_report)
     if config["local_rank"] == 0:
-        result["result_file"] = write_result_file(config, result)
+        result["result_file"] = write_result_file(config, result, recorder.ranks())
         logger.info(set_color("results written to", "yellow") + f": {result['result_file']}")
     if not config["single_spec"]:
         import torch.distributed as dist

@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 
 from conftest import tiny_config_dict
@@ -40,3 +42,8 @@ def test_builtin_sequential_models_run_end_to_end(tiny_dataset, model):
     saved = json.loads(open(result["result_file"]).read())
     assert saved["test_result"] == result["test_result"]
     assert saved["model"] == model and saved["epochs"] == 1
+    ranks = np.load(result["result_file"].replace(".json", ".ranks.npz"))
+    assert len(ranks["users"]) == len(set(ranks["users"].tolist())) == 40  # one test row per user
+    for k in (1, 5, 10, 20):
+        hit = ((ranks["rank"] > 0) & (ranks["rank"] <= k)).mean()
+        assert hit == pytest.approx(result["test_result"][f"hit@{k}"], abs=1e-4)

@@ -1,0 +1,340 @@
+"""Leaderboard: every model on one split, one evaluator, one protocol; resumable.
+
+    python -m recbole_macrec.leaderboard --dataset=ml-100k --models=MACRec,TIGER,MQL4GRec,SASRec,BERT4Rec \\
+        [--seeds=3] [--config_files="a.yaml b.yaml"] [--preset=ablation] [--rerun] [--out=results/ml-100k]
+    python -m recbole_macrec.leaderboard --dataset=Instruments --ingest=DIR   # add finished run jsons
+    python -m recbole_macrec.leaderboard --readme                          # README results from files
+
+Each finished run is saved at once under ``<out>/runs/`` (json + per-user ranks), so an
+interrupted leaderboard resumes where it stopped; ``--rerun`` redoes finished runs. The tables
+(``leaderboard.md/.csv/.json``, ``leaderboard.png``) are always rebuilt from the run files.
+"""
+import argparse
+import csv
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from logging import getLogger
+
+import numpy as np
+import yaml
+
+from recbole_macrec.utils import PROJECT_ROOT, PROPERTIES_DIR
+
+METRICS = [f"{m}@{k}" for m in ("hit", "ndcg") for k in (1, 5, 10, 20)]
+KEY_METRIC = "ndcg@10"
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+@dataclass
+class Entry:
+    """One leaderboard row: a display label, the model, and extra config files for it."""
+    label: str
+    model: str
+    config_files: list = field(default_factory=list)
+
+
+ABLATIONS = [("w/o L_con", "wo_con"), ("w/o L_align", "wo_align"), ("w/o implicit", "wo_implicit"),
+             ("w/o explicit", "wo_explicit")]
+
+
+def entries_for(models, preset=None):
+    entries = [Entry(m, m) for m in models]
+    if preset == "ablation":
+        entries = [Entry("MACRec", "MACRec")] + [
+            Entry(f"MACRec {label}", "MACRec", [str(PROPERTIES_DIR / "ablation" / f"{name}.yaml")])
+            for label, name in ABLATIONS]
+    elif preset is not None:
+        raise ValueError(f"unknown preset '{preset}' (known: ablation)")
+    return entries
+
+
+def slug(text):
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def run_path(runs_dir, label, seed):
+    return os.path.join(runs_dir, f"{slug(label)}-seed{seed}.json")
+
+
+def run_entry(entry, dataset, seed, config_files, overrides, runs_dir):
+    """Train and test one (entry, seed); the run's files appear in ``runs_dir`` only when done."""
+    from recbole_macrec.quick_start import run_recbole
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_recbole(entry.model, dataset, config_file_list=config_files + entry.config_files,
+                             config_dict={**overrides, "seed": seed, "results_dir": tmp})
+        result["label"] = entry.label
+        target = run_path(runs_dir, entry.label, seed)
+        ranks = result["result_file"][: -len(".json")] + ".ranks.npz"
+        if os.path.isfile(ranks):
+            shutil.move(ranks, target[: -len(".json")] + ".ranks.npz")
+        result["result_file"] = target
+        with open(target + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(target + ".tmp", target)
+    return result
+
+
+def load_runs(runs_dir):
+    runs = []
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*.json"))):
+        with open(path) as f:
+            run = json.load(f)
+        run.setdefault("label", run["model"])
+        run["path"] = path
+        runs.append(run)
+    return runs
+
+
+def row_key(run):
+    return run["label"], run["epochs"]
+
+
+def aggregate(runs):
+    """One row per (label, epochs): mean and std over seeds of every test metric."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(row_key(run), []).append(run)
+    rows = []
+    for (label, epochs), group in groups.items():
+        row = {"label": label, "model": group[0]["model"], "epochs": epochs,
+               "seeds": sorted(r["seed"] for r in group),
+               "wall_time_s": float(np.mean([r["wall_time_s"] for r in group])),
+               "machine": ", ".join(sorted({r["machine"] for r in group}))}
+        for m in METRICS:
+            values = np.array([r["test_result"][m] for r in group])
+            row[m] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r[KEY_METRIC])
+
+
+def per_user_metric(run, metric=KEY_METRIC):
+    """``{user: value}`` of ``metric`` for a run with recorded ranks, else ``None``."""
+    path = run["path"][: -len(".json")] + ".ranks.npz"
+    if not os.path.isfile(path):
+        return None
+    data = np.load(path)
+    name, k = metric.split("@")
+    rank, k = data["rank"].astype(float), int(k)
+    hit = (rank > 0) & (rank <= k)
+    value = hit.astype(float) if name == "hit" else np.where(hit, 1 / np.log2(rank + 1), 0.0)
+    return dict(zip(data["users"].tolist(), value))
+
+
+def significance(runs, rows, metric=KEY_METRIC):
+    """Paired tests of the best row against the runner-up on per-user ``metric`` (averaged over
+    seeds, users matched by token): t-test and Wilcoxon signed-rank."""
+    from scipy import stats
+
+    if len(rows) < 2:
+        return None
+    best, second = rows[0], rows[1]
+    out = {"metric": metric, "best": best["label"], "runner_up": second["label"]}
+    per_row = []
+    for row in (best, second):
+        users = [per_user_metric(r, metric) for r in runs if row_key(r) == (row["label"], row["epochs"])]
+        if any(u is None for u in users):
+            return {**out, "note": "per-user ranks not recorded for these runs: no test"}
+        common = set.intersection(*(set(u) for u in users))
+        per_row.append({u: np.mean([d[u] for d in users]) for u in common})
+    users = sorted(set(per_row[0]) & set(per_row[1]))
+    a = np.array([per_row[0][u] for u in users])
+    b = np.array([per_row[1][u] for u in users])
+    if np.allclose(a, b):
+        return {**out, "users": len(users), "note": "identical per-user values"}
+    return {**out, "users": len(users), "mean_difference": float((a - b).mean()),
+            "t_test_p": float(stats.ttest_rel(a, b).pvalue),
+            "wilcoxon_p": float(stats.wilcoxon(a, b).pvalue)}
+
+
+def published_results(dataset):
+    path = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
+    if not path.is_file():
+        return {}
+    return (yaml.safe_load(path.read_text()) or {}).get("published_results") or {}
+
+
+def collision_rows(runs):
+    seen = {}
+    for run in runs:
+        sid = run.get("semantic_ids")
+        if sid and run["label"] not in seen:
+            for view, v in sid["per_view"].items():
+                seen.setdefault(run["label"], []).append({"label": run["label"], "method": sid["method"],
+                                                          "view": view, **v})
+    return [r for rows in seen.values() for r in rows]
+
+
+def _fmt(row, m, best):
+    text = f"{row[m]:.4f}" + (f" ± {row[m + '_std']:.4f}" if len(row["seeds"]) > 1 else "")
+    return f"**{text}**" if best.get(m) == row[m] else text
+
+
+def markdown(dataset, rows, sig, published, collisions):
+    shown = [m for m in METRICS if not m.endswith("@20")]
+    best = {m: max(r[m] for r in rows) for m in shown} if rows else {}
+    lines = [f"### {dataset}", "",
+             "| model | epochs | seeds | " + " | ".join(m.replace("hit", "HR").replace("ndcg", "NDCG") for m in shown)
+             + " | wall s | machine |", "|" + "---|" * (len(shown) + 5)]
+    for row in rows:
+        lines.append(f"| {row['label']} | {row['epochs']} | {len(row['seeds'])} | "
+                     + " | ".join(_fmt(row, m, best) for m in shown)
+                     + f" | {row['wall_time_s']:.0f} | {row['machine']} |")
+    for model, values in published.items():
+        lines.append(f"| *{model} (paper)* | | | " + " | ".join(
+            f"*{values[m]:.4f}*" if m in values else "—" for m in shown) + " | | |")
+    lines.append("")
+    lines.append("Test set, leave-one-out, full ranking over all items; mean ± std over seeds; best of "
+                 "our rows in bold; *(paper)* rows are published numbers.")
+    if sig:
+        if "note" in sig:
+            lines.append(f"Paired test, {sig['best']} vs {sig['runner_up']}: {sig['note']}.")
+        else:
+            lines.append(f"Paired test on per-user {sig['metric'].upper()}, {sig['best']} vs "
+                         f"{sig['runner_up']} ({sig['users']} users): mean difference "
+                         f"{sig['mean_difference']:+.4f}, t-test p = {sig['t_test_p']:.3g}, "
+                         f"Wilcoxon p = {sig['wilcoxon_p']:.3g}.")
+    if collisions:
+        lines += ["", "Semantic IDs (collision rate before -> after resolution):", "",
+                  "| model | method | view | before | after | items moved |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['label']} | {c['method']} | {c['view']} | {c['collision_rate_before']:.4f} | "
+                  f"{c['collision_rate_after']:.4f} | {c['items_moved']} |" for c in collisions]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path, dataset):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    repeated = {r["label"] for r in rows if sum(o["label"] == r["label"] for o in rows) > 1}
+    labels = [f"{r['label']} ({r['epochs']} ep)" if r["label"] in repeated else r["label"] for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    for i, (m, name) in enumerate((("hit@10", "HR@10"), ("ndcg@10", "NDCG@10"))):
+        ax.bar(x + (i - 0.5) * 0.38, [r[m] for r in rows], 0.38, yerr=[r[m + "_std"] for r in rows],
+               label=name)
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_title(f"{dataset}: test HR@10 and NDCG@10")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(out_dir, dataset, runs):
+    rows = aggregate(runs)
+    sig = significance(runs, rows)
+    published = published_results(dataset)
+    collisions = collision_rows(runs)
+    with open(os.path.join(out_dir, "leaderboard.md"), "w") as f:
+        f.write(markdown(dataset, rows, sig, published, collisions))
+    with open(os.path.join(out_dir, "leaderboard.csv"), "w", newline="") as f:
+        columns = ["label", "model", "epochs", "seeds"] + [c for m in METRICS for c in (m, m + "_std")] \
+            + ["wall_time_s", "machine"]
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{c: row[c] for c in columns}, "seeds": " ".join(map(str, row["seeds"]))})
+    with open(os.path.join(out_dir, "leaderboard.json"), "w") as f:
+        json.dump({"dataset": dataset, "rows": rows, "significance": sig, "published": published,
+                   "semantic_ids": collisions,
+                   "runs": [{k: v for k, v in r.items() if k != "path"} | {"file": os.path.basename(r["path"])}
+                            for r in runs]}, f, indent=2)
+    if rows:
+        plot(rows, os.path.join(out_dir, "leaderboard.png"), dataset)
+    return rows
+
+
+def ingest(paths, runs_dir):
+    """Copy finished run jsons (e.g. from a GPU machine) into ``runs_dir``; the label gets the
+    epoch count so that runs of one model with different budgets stay apart."""
+    for path in paths:
+        with open(path) as f:
+            run = json.load(f)
+        run.setdefault("label", run["model"])
+        target = os.path.join(runs_dir, f"{slug(run['label'])}-e{run['epochs']}-seed{run['seed']}.json")
+        shutil.copyfile(path, target)
+        ranks = path[: -len(".json")] + ".ranks.npz"
+        if os.path.isfile(ranks):
+            shutil.copyfile(ranks, target[: -len(".json")] + ".ranks.npz")
+
+
+def update_readme(readme=PROJECT_ROOT / "README.md", results_root=PROJECT_ROOT / "results"):
+    """Replace the README's results block with every ``results/<dataset>/leaderboard.md``."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
+    tables = [open(p).read() for p in sorted(glob.glob(os.path.join(results_root, "*", "leaderboard.md")))]
+    block = README_START + "\n<!-- generated by python -m recbole_macrec.leaderboard --readme -->\n\n" \
+        + "\n".join(tables) + README_END
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + block + text[end:])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--dataset")
+    parser.add_argument("--models", default="")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 2020, 2021, ...")
+    parser.add_argument("--config_files", default="")
+    parser.add_argument("--preset", default=None, choices=["ablation"])
+    parser.add_argument("--rerun", action="store_true", help="redo finished runs")
+    parser.add_argument("--out", default=None, help="default: results/<dataset>")
+    parser.add_argument("--ingest", nargs="*", default=None, help="run json files to add")
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's results block")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run, e.g. epochs=5")
+    args = parser.parse_args(argv)
+    if args.readme and not args.dataset:
+        update_readme()
+        return None
+    if not args.dataset:
+        parser.error("--dataset is required")
+
+    import recbole_macrec  # noqa: F401
+    from tqdm import tqdm
+
+    from recbole_macrec.utils import get_model
+
+    out = args.out or os.path.join("results", args.dataset)
+    runs_dir = os.path.join(out, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
+    if args.ingest:
+        ingest(args.ingest, runs_dir)
+    models = [m for m in args.models.split(",") if m]
+    entries = entries_for(models, args.preset)
+    for entry in entries:  # reject unknown models before anything runs
+        try:
+            get_model(entry.model)
+        except ValueError as err:
+            sys.exit(str(err))
+    config_files = args.config_files.split() if args.config_files else []
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    # RecBole's Config reads --key=value from sys.argv: keep the leaderboard's own flags away.
+    sys.argv = sys.argv[:1]
+    todo = [(e, 2020 + s) for e in entries for s in range(args.seeds)]
+    logger = getLogger()
+    for entry, seed in tqdm(todo, desc=f"leaderboard {args.dataset}", ncols=100):
+        if os.path.isfile(run_path(runs_dir, entry.label, seed)) and not args.rerun:
+            logger.info(f"{entry.label} seed {seed}: finished earlier, kept")
+            continue
+        run_entry(entry, args.dataset, seed, config_files, overrides, runs_dir)
+    rows = write_outputs(out, args.dataset, load_runs(runs_dir))
+    print(open(os.path.join(out, "leaderboard.md")).read())
+    return rows
+
+
+if __name__ == "__main__":
+    main()

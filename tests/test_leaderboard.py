@@ -1,0 +1,77 @@
+import json
+import os
+
+import pytest
+
+from conftest import tiny_config_dict
+from recbole_macrec import leaderboard
+
+
+def _args(tiny_dataset, out, models="Pop,SASRec", seeds=2):
+    cfg = tiny_config_dict(tiny_dataset)
+    sets = [f"{k}={json.dumps(v)}" for k, v in cfg.items()]
+    return [f"--dataset=tiny", f"--models={models}", f"--seeds={seeds}", f"--out={out}", "--set", *sets]
+
+
+def test_two_models_two_seeds_write_all_files(tiny_dataset, workdir):
+    out = workdir / "lb"
+    leaderboard.main(_args(tiny_dataset, out))
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard.png"):
+        assert (out / name).is_file(), name
+    board = json.loads((out / "leaderboard.json").read_text())
+    runs = {(r["label"], r["seed"]): r for r in board["runs"]}
+    assert set(runs) == {(m, s) for m in ("Pop", "SASRec") for s in (2020, 2021)}
+    for row in board["rows"]:
+        values = [runs[(row["label"], s)]["test_result"]["ndcg@10"] for s in (2020, 2021)]
+        assert row["ndcg@10"] == pytest.approx(sum(values) / 2)
+        assert row["seeds"] == [2020, 2021]
+    # each run's json is the runner's own result
+    for (label, seed), run in runs.items():
+        saved = json.loads((out / "runs" / run["file"]).read_text())
+        assert saved["test_result"] == run["test_result"] and saved["seed"] == seed
+    sig = board["significance"]
+    assert {sig["best"], sig["runner_up"]} == {"Pop", "SASRec"} and sig["users"] == 40
+    md = (out / "leaderboard.md").read_text()
+    assert "| Pop |" in md and "| SASRec |" in md and "Paired test" in md
+
+
+def test_interrupted_leaderboard_resumes_without_redoing_finished_runs(tiny_dataset, workdir, monkeypatch):
+    out = workdir / "lb"
+    leaderboard.main(_args(tiny_dataset, out, models="Pop", seeds=2))
+    os.remove(out / "runs" / "Pop-seed2021.json")  # as if killed during the second run
+    calls = []
+    real = leaderboard.run_entry
+
+    def counting(entry, dataset, seed, *rest):
+        calls.append((entry.label, seed))
+        return real(entry, dataset, seed, *rest)
+
+    monkeypatch.setattr(leaderboard, "run_entry", counting)
+    leaderboard.main(_args(tiny_dataset, out, models="Pop", seeds=2))
+    assert calls == [("Pop", 2021)]
+    leaderboard.main(_args(tiny_dataset, out, models="Pop", seeds=2))
+    assert calls == [("Pop", 2021)]
+
+
+def test_unknown_model_is_rejected_before_anything_runs(tiny_dataset, workdir, monkeypatch):
+    monkeypatch.setattr(leaderboard, "run_entry", lambda *a: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit, match="Unknown model 'Nope'"):
+        leaderboard.main(_args(tiny_dataset, workdir / "lb", models="SASRec,Nope"))
+    assert not list((workdir / "lb" / "runs").glob("*.json"))
+
+
+def test_ablation_preset_rows():
+    entries = leaderboard.entries_for([], "ablation")
+    assert [e.label for e in entries] == ["MACRec", "MACRec w/o L_con", "MACRec w/o L_align",
+                                          "MACRec w/o implicit", "MACRec w/o explicit"]
+    assert all(os.path.isfile(f) for e in entries for f in e.config_files)
+
+
+def test_readme_block_is_regenerated_from_result_files(tmp_path):
+    (tmp_path / "results" / "toy").mkdir(parents=True)
+    (tmp_path / "results" / "toy" / "leaderboard.md").write_text("### toy\n| a |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{leaderboard.README_START}\nold\n{leaderboard.README_END}\noutro\n")
+    leaderboard.update_readme(readme, tmp_path / "results")
+    text = readme.read_text()
+    assert "### toy" in text and "old" not in text and text.startswith("intro") and text.endswith("outro\n")
