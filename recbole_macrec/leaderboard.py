@@ -124,7 +124,8 @@ def per_user_metric(run, metric=KEY_METRIC):
     name, k = metric.split("@")
     rank, k = data["rank"].astype(float), int(k)
     hit = (rank > 0) & (rank <= k)
-    value = hit.astype(float) if name == "hit" else np.where(hit, 1 / np.log2(rank + 1), 0.0)
+    # rank 0 (= not in the top-k list) would divide by log2(1) = 0; it scores 0 anyway
+    value = hit.astype(float) if name == "hit" else np.where(hit, 1 / np.log2(np.maximum(rank, 1) + 1), 0.0)
     return dict(zip(data["users"].tolist(), value))
 
 
