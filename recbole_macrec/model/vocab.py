@@ -13,12 +13,14 @@ class SemanticIdVocab:
 
     ``code_tables``: view -> ``[n_items, L]`` long tensor of codes indexed by RecBole's internal
     item id (row 0 = [PAD] item, ignored). ``tasks``: the task names that get a prompt token.
+    ``first_id``: where the new tokens start (2 after pad/eos; a language model's base
+    vocabulary size when the codes extend an existing vocabulary, whose ids stay unchanged).
     """
 
-    def __init__(self, code_tables, tasks=()):
+    def __init__(self, code_tables, tasks=(), first_id=2):
         self.views = list(code_tables)
-        self.task_ids = {task: 2 + i for i, task in enumerate(tasks)}
-        offset = 2 + len(self.task_ids)
+        self.task_ids = {task: first_id + i for i, task in enumerate(tasks)}
+        offset = first_id + len(self.task_ids)
         self.level_offsets, self.level_sizes, self._item_tokens = {}, {}, {}
         for view, codes in code_tables.items():
             codes = codes.long()
