@@ -103,7 +103,9 @@ def aggregate(runs):
         groups.setdefault(row_key(run), []).append(run)
     rows = []
     for (label, epochs), group in groups.items():
+        run_epochs = {r.get("epochs_run", epochs) for r in group}
         row = {"label": label, "model": group[0]["model"], "epochs": epochs,
+               "epochs_run": "/".join(map(str, sorted(run_epochs))),
                "seeds": sorted(r["seed"] for r in group),
                "wall_time_s": float(np.mean([r["wall_time_s"] for r in group])),
                "machine": ", ".join(sorted({r["machine"] for r in group}))}
@@ -185,7 +187,7 @@ def markdown(dataset, rows, sig, published, collisions):
              "| model | epochs | seeds | " + " | ".join(m.replace("hit", "HR").replace("ndcg", "NDCG") for m in shown)
              + " | wall s | machine |", "|" + "---|" * (len(shown) + 5)]
     for row in rows:
-        lines.append(f"| {row['label']} | {row['epochs']} | {len(row['seeds'])} | "
+        lines.append(f"| {row['label']} | {row['epochs_run']} | {len(row['seeds'])} | "
                      + " | ".join(_fmt(row, m, best) for m in shown)
                      + f" | {row['wall_time_s']:.0f} | {row['machine']} |")
     for model, values in published.items():
@@ -193,7 +195,8 @@ def markdown(dataset, rows, sig, published, collisions):
             f"*{values[m]:.4f}*" if m in values else "—" for m in shown) + " | | |")
     lines.append("")
     lines.append("Test set, leave-one-out, full ranking over all items; mean ± std over seeds; best of "
-                 "our rows in bold; *(paper)* rows are published numbers.")
+                 "our rows in bold; *(paper)* rows are published numbers; epochs = epochs trained "
+                 "(early stopping may end a run before its budget).")
     if sig:
         if "note" in sig:
             lines.append(f"Paired test, {sig['best']} vs {sig['runner_up']}: {sig['note']}.")
@@ -239,7 +242,7 @@ def write_outputs(out_dir, dataset, runs):
     with open(os.path.join(out_dir, "leaderboard.md"), "w") as f:
         f.write(markdown(dataset, rows, sig, published, collisions))
     with open(os.path.join(out_dir, "leaderboard.csv"), "w", newline="") as f:
-        columns = ["label", "model", "epochs", "seeds"] + [c for m in METRICS for c in (m, m + "_std")] \
+        columns = ["label", "model", "epochs", "epochs_run", "seeds"] + [c for m in METRICS for c in (m, m + "_std")] \
             + ["wall_time_s", "machine"]
         writer = csv.DictWriter(f, columns)
         writer.writeheader()

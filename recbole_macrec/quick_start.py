@@ -138,6 +138,7 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         "dataset": config["dataset"],
         "seed": config["seed"],
         "epochs": config["epochs"],
+        "epochs_run": len(trainer.train_loss_dict),
         "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": _jsonable(best_valid_result),

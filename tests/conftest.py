@@ -113,3 +113,17 @@ def build_model(model_name, data_path, **extra):
     train, valid, test = data_preparation(config, create_dataset(config))
     init_seed(config["seed"], True)
     return model_class(config, train._dataset), config, (train, valid, test)
+
+
+def assert_training_lowers_loss(model, batch, steps=15, factor=0.8):
+    """A few optimiser steps on one batch must lower the model's loss clearly."""
+    import torch
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    first = float(model.calculate_loss(batch))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    assert float(model.calculate_loss(batch)) < first * factor

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_model, tiny_config_dict, write_codes
+from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, write_codes
 from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
 
@@ -129,19 +129,10 @@ def test_beam_smaller_than_topk_is_a_config_error(tiny_dataset):
 
 def test_a_few_steps_lower_the_loss(tiger):
     model, _, data = tiger
-    model.train()
-    batch = next(iter(data[0]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    first = float(model.calculate_loss(batch))
-    for _ in range(15):
-        optimizer.zero_grad()
-        model.calculate_loss(batch).backward()
-        optimizer.step()
-    assert float(model.calculate_loss(batch)) < first * 0.8
+    assert_training_lowers_loss(model, next(iter(data[0])))
 
 
 def test_tiger_runs_end_to_end(tiny_dataset):
-    from recbole_macrec.quantization import train  # noqa: F401
     from recbole_macrec.quick_start import run_recbole
 
     from conftest import TINY_T5

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import build_model, tiny_config_dict, write_codes
+from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, write_codes
 from recbole_macrec.model.lcrec import IGNORE, WordVocab, concat_prompt_target, left_pad
 
 TINY_LM = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -120,8 +120,7 @@ def test_local_checkpoint_loads_through_pretrained_path(tiny_dataset, tmp_path):
     assert emb.shape[0] == model.vocab.size and min(model.vocab.task_ids.values()) == 7
     torch.testing.assert_close(emb[:7], lm.get_input_embeddings().weight)
     assert model._text[1].tolist()[:2] == [3, 4]  # "item number ..." keeps the base ids
-    model.train()
-    assert torch.isfinite(model.calculate_loss(next(iter(data[0]))))
+    assert_training_lowers_loss(model, next(iter(data[0])))
 
 
 def test_lcrec_runs_end_to_end(tiny_dataset):
