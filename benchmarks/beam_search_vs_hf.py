@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search  # noqa: E402
+from recbole_macrec.model.generative import t5_beam_step  # noqa: E402
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab  # noqa: E402
 
 DEFAULT_CODES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
@@ -68,26 +69,7 @@ def make_sources(vocab, n_users, n_items, device, seed=0, max_hist=20):
 
 
 def ours(t5, trie, src, mask, beam):
-    from transformers.modeling_outputs import BaseModelOutput
-
-    B = src.shape[0]
-    enc = t5.get_encoder()(input_ids=src, attention_mask=mask).last_hidden_state
-    state = {"enc": enc, "mask": mask, "cache": None}
-
-    def step(tokens, reorder):
-        if tokens is None:
-            tokens = src.new_zeros((B, 1))
-        else:
-            if state["enc"].shape[0] != tokens.shape[0]:
-                state["enc"] = state["enc"].repeat_interleave(beam, 0)
-                state["mask"] = state["mask"].repeat_interleave(beam, 0)
-            state["cache"].reorder_cache(reorder)
-        out = t5(encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]), attention_mask=state["mask"],
-                 decoder_input_ids=tokens, past_key_values=state["cache"], use_cache=True)
-        state["cache"] = out.past_key_values
-        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-
-    return constrained_beam_search(step, B, trie, beam)
+    return constrained_beam_search(t5_beam_step(t5, src, mask, beam), src.shape[0], trie, beam)
 
 
 def hf_generate(t5, prefix_tree, item_of, src, mask, beam, levels):

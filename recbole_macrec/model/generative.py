@@ -28,6 +28,30 @@ TASKS = {
 }
 
 
+def t5_beam_step(t5, src, mask, beam_size):
+    """The ``step`` of :func:`constrained_beam_search` for a T5: the encoder runs once on
+    ``src [B, S]``; the decoder advances one token per call with its KV cache, which is
+    expanded to ``B * beam_size`` rows on the second call and reordered with the beams."""
+    B = src.shape[0]
+    encoder = t5.get_encoder()(input_ids=src, attention_mask=mask, return_dict=True)
+    state = {"enc": encoder.last_hidden_state, "mask": mask, "cache": None}
+
+    def step(tokens, reorder):
+        if tokens is None:
+            tokens = src.new_full((B, 1), t5.config.decoder_start_token_id)
+        else:
+            if state["enc"].shape[0] != tokens.shape[0]:   # first expansion to B * K rows
+                state["enc"] = state["enc"].repeat_interleave(beam_size, 0)
+                state["mask"] = state["mask"].repeat_interleave(beam_size, 0)
+            state["cache"].reorder_cache(reorder)
+        out = t5(encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]), attention_mask=state["mask"],
+                 decoder_input_ids=tokens, past_key_values=state["cache"], use_cache=True, return_dict=True)
+        state["cache"] = out.past_key_values
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    return step
+
+
 class SemanticIdModelMixin:
     """Semantic-ID plumbing shared by all generative models: pre-stage wiring and code tables."""
 
@@ -192,25 +216,8 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         """Top ``beam_size`` items ``[B, K]`` and their mean token log-probabilities ``[B, K]``."""
         src, mask = self.history_source(view, interaction[self.ITEM_SEQ],
                                         interaction[self.ITEM_SEQ_LEN], self.decode_task(view))
-        B, K = src.shape[0], self.beam_size
-        encoder = self.t5.get_encoder()(input_ids=src, attention_mask=mask, return_dict=True)
-        state = {"enc": encoder.last_hidden_state, "mask": mask, "cache": None}
-
-        def step(tokens, reorder):
-            if tokens is None:
-                tokens = src.new_full((B, 1), self.t5.config.decoder_start_token_id)
-            else:
-                if state["enc"].shape[0] != tokens.shape[0]:   # first expansion to B * K rows
-                    state["enc"] = state["enc"].repeat_interleave(K, 0)
-                    state["mask"] = state["mask"].repeat_interleave(K, 0)
-                state["cache"].reorder_cache(reorder)
-            out = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]),
-                          attention_mask=state["mask"], decoder_input_ids=tokens,
-                          past_key_values=state["cache"], use_cache=True, return_dict=True)
-            state["cache"] = out.past_key_values
-            return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-
-        return constrained_beam_search(step, B, self.trie(view), K)
+        step = t5_beam_step(self.t5, src, mask, self.beam_size)
+        return constrained_beam_search(step, src.shape[0], self.trie(view), self.beam_size)
 
     def teacher_forced_scores(self, interaction, view, items):
         """Mean log-probability ``[B]`` of ``items [B]``'s L tokens (eos excluded) given each
