@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Instruments on one GPU, in one call: TIGER, the MQL4GRec preset and MACRec on the published
+# Instruments on one GPU, in one call: TIGER, LC-Rec, the MQL4GRec preset and MACRec on the published
 # semantic IDs, then RecBole built-ins on the same split; plus the beam-search benchmark.
 #
 # On a fresh GPU machine with no network, from the repository root:
@@ -42,6 +42,7 @@ E_GR=${GR_EPOCHS:-3}
 E_BUILTIN=${BUILTIN_EPOCHS:-5}
 GR_ARGS="--train_batch_size=1024 --eval_batch_size=512"
 run 120 TIGER --epochs=$E_TIGER --eval_step=$E_TIGER $GR_ARGS
+run 100 LCRec --epochs=$E_TIGER --eval_step=$E_TIGER $GR_ARGS   # no item text offline: seqrec only
 run 150 MACRec --epochs=$E_GR --eval_step=$E_GR $GR_ARGS
 run 150 MQL4GRec --epochs=$E_GR --eval_step=$E_GR $GR_ARGS
 for m in SASRec GRU4Rec BERT4Rec; do
