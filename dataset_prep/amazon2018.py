@@ -215,20 +215,30 @@ class EmbeddingCache:
         return np.stack([self.rows[i] for i in items])
 
 
+def embed_with_cache(items, cache_path, encode, batch_size, desc, progress=True):
+    """``[n, d]`` rows of ``items``; only items missing from the cache go through
+    ``encode(batch) -> [b, d]``, and the cache is saved after every batch."""
+    from tqdm import tqdm
+
+    cache = EmbeddingCache(cache_path)
+    todo = cache.todo(items)
+    for start in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not progress, ncols=100):
+        batch = todo[start:start + batch_size]
+        cache.add(batch, encode(batch))
+    return cache.matrix(items)
+
+
 def embed_texts(items, meta, encoder_path, cache_path, device="cpu", batch_size=32, max_length=256,
                 fields=("title", "description"), progress=True):
     """``[n, d]``: per field the mean-pooled last hidden state (padding excluded), then the mean
     over fields (the official recipe)."""
     import torch
-    from tqdm import tqdm
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_path, local_files_only=True)
     model = AutoModel.from_pretrained(encoder_path, local_files_only=True).to(device).eval()
-    cache = EmbeddingCache(cache_path)
-    todo = cache.todo(items)
-    for start in tqdm(range(0, len(todo), batch_size), desc="text", disable=not progress, ncols=100):
-        batch = todo[start:start + batch_size]
+
+    def encode(batch):
         per_field = []
         for field in fields:
             texts = [meta[a][field] or meta[a]["title"] or " " for a in batch]
@@ -237,29 +247,27 @@ def embed_texts(items, meta, encoder_path, cache_path, device="cpu", batch_size=
                 hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"][..., None].to(hidden.dtype)
             per_field.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1))
-        cache.add(batch, torch.stack(per_field).mean(0).float().cpu().numpy())
-    return cache.matrix(items)
+        return torch.stack(per_field).mean(0).float().cpu().numpy()
+
+    return embed_with_cache(items, cache_path, encode, batch_size, "text", progress)
 
 
 def embed_images(items, image_paths, encoder_path, cache_path, device="cpu", batch_size=32, progress=True):
     """``[n, d]`` CLIP image embeddings (the vision tower's projected output)."""
     import torch
     from PIL import Image
-    from tqdm import tqdm
     from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
 
     processor = AutoImageProcessor.from_pretrained(encoder_path, local_files_only=True)
     model = CLIPVisionModelWithProjection.from_pretrained(encoder_path, local_files_only=True).to(device).eval()
-    cache = EmbeddingCache(cache_path)
-    todo = cache.todo(items)
-    for start in tqdm(range(0, len(todo), batch_size), desc="image", disable=not progress, ncols=100):
-        batch = todo[start:start + batch_size]
+
+    def encode(batch):
         images = [Image.open(image_paths[a]).convert("RGB") for a in batch]
         pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
         with torch.no_grad():
-            emb = model(pixel_values=pixels).image_embeds
-        cache.add(batch, emb.float().cpu().numpy())
-    return cache.matrix(items)
+            return model(pixel_values=pixels).image_embeds.float().cpu().numpy()
+
+    return embed_with_cache(items, cache_path, encode, batch_size, "image", progress)
 
 
 def prepare(category, raw_dir, out, images_dir=None, download=False, text_encoder=None, image_encoder=None,
