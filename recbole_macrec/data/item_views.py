@@ -33,11 +33,6 @@ def _inside_recbole_package(path):
     return os.path.realpath(path).startswith(pkg + os.sep)
 
 
-def dataset_dir(config):
-    """Folder holding the dataset's atomic files (``data_path`` as RecBole resolved it)."""
-    return config["data_path"]
-
-
 def work_dir(config):
     """Writable folder for files derived from the dataset (item views, semantic IDs).
 
@@ -46,7 +41,7 @@ def work_dir(config):
     """
     if config["item_view_dir"]:
         return config["item_view_dir"]
-    data_dir = dataset_dir(config)
+    data_dir = config["data_path"]  # the dataset's folder, as RecBole resolved it
     if _inside_recbole_package(data_dir):
         return os.path.join("dataset", config["dataset"])
     return data_dir

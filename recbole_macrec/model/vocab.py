@@ -48,7 +48,3 @@ class SemanticIdVocab:
     def codes_of(self, view, tokens):
         """Inverse of :meth:`item_tokens` on code tokens ``[..., L]``."""
         return tokens - torch.tensor(self.level_offsets[view], device=tokens.device)
-
-    def to(self, device):
-        self._item_tokens = {v: t.to(device) for v, t in self._item_tokens.items()}
-        return self
