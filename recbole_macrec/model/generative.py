@@ -230,7 +230,7 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         logp = torch.log_softmax(logits.float(), dim=-1).gather(2, target[..., None])[..., 0]
         return logp[:, :-1].mean(dim=1)
 
-    def fuse(self, per_view):
+    def fuse(self, per_view, interaction):
         """Combine ``{view: (items, scores)}`` into ``[B, n_items]``; single view by default."""
         (items, scores), = per_view.values()
         return scores_to_matrix(items, scores, self.n_items)
@@ -239,7 +239,7 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
     def full_sort_predict(self, interaction):
         """``[B, n_items]``: beam scores at the items beam search returned, -inf elsewhere."""
         per_view = {view: self.beam_search(interaction, view) for view in self.inference_views}
-        return self.fuse(per_view)
+        return self.fuse(per_view, interaction)
 
     def predict(self, interaction):
         """Teacher-forced score ``[B]`` of ``interaction[ITEM_ID]`` (first inference view)."""

@@ -73,18 +73,17 @@ class MACRec(GenerativeRecommender):
             losses["implicit"] = self.implicit_weight * self.implicit_loss(interaction)
         return losses
 
-    def fuse(self, per_view):
+    def fuse(self, per_view, interaction):
         if len(per_view) == 1:
-            return super().fuse(per_view)
+            return super().fuse(per_view, interaction)
         (items_a, scores_a), (items_b, scores_b) = per_view.values()
         if self.fusion == "published":
             return published_fusion(items_a, scores_a, items_b, scores_b, self.n_items)
-        return self.mean_fusion(per_view)
+        return self.mean_fusion(per_view, interaction)
 
-    def mean_fusion(self, per_view):
+    def mean_fusion(self, per_view, interaction):
         """Plain mean of both views' scores over the union of the two lists; the view that did not
         return an item scores it by teacher forcing."""
-        interaction = self._decoding_batch
         union = torch.cat([items for items, _ in per_view.values()], dim=1)   # [B, 2K], -1 = none
         safe = union.clamp_min(1)
         B, width = union.shape
@@ -94,14 +93,6 @@ class MACRec(GenerativeRecommender):
             total = total + self.teacher_forced_scores(rows, view, safe.view(-1)).view(B, width)
         scores = torch.where(union >= 0, total / len(per_view), torch.full_like(total, float("-inf")))
         return scores_to_matrix(union, scores, self.n_items)
-
-    @torch.no_grad()
-    def full_sort_predict(self, interaction):
-        self._decoding_batch = interaction
-        try:
-            return super().full_sort_predict(interaction)
-        finally:
-            self._decoding_batch = None
 
 
 class MQL4GRec(MACRec):
