@@ -46,6 +46,13 @@ class CodeTrie:
                 prefix, n_prefix = nxt, n_next
         return cls(allowed, child, list(offsets), list(sizes))
 
+    @classmethod
+    def for_view(cls, vocab, view, device):
+        """The trie of every item's tokens in ``view`` of a :class:`SemanticIdVocab`."""
+        table = vocab.item_token_table(view)
+        return cls.from_codes(vocab.codes_of(view, table[1:]), torch.arange(1, len(table)),
+                              vocab.level_offsets[view], vocab.level_sizes[view]).to(device)
+
     @property
     def num_levels(self):
         return len(self.child)

@@ -196,11 +196,7 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
     # ---- scoring and decoding ----------------------------------------------------------------
     def trie(self, view):
         if view not in self.tries:
-            table = getattr(self, f"_tokens_{view}")
-            codes = self.vocab.codes_of(view, table[1:])
-            self.tries[view] = CodeTrie.from_codes(
-                codes, torch.arange(1, len(table)), self.vocab.level_offsets[view],
-                self.vocab.level_sizes[view]).to(table.device)
+            self.tries[view] = CodeTrie.for_view(self.vocab, view, getattr(self, f"_tokens_{view}").device)
         return self.tries[view]
 
     def decode_task(self, view):

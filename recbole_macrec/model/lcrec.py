@@ -229,10 +229,7 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
     # ---- scoring and decoding --------------------------------------------------------------
     def trie(self):
         if self._trie is None:
-            codes = self.vocab.codes_of(self.view, self._tokens[1:])
-            self._trie = CodeTrie.from_codes(codes, torch.arange(1, len(self._tokens)),
-                                             self.vocab.level_offsets[self.view],
-                                             self.vocab.level_sizes[self.view]).to(self._tokens.device)
+            self._trie = CodeTrie.for_view(self.vocab, self.view, self._tokens.device)
         return self._trie
 
     def teacher_forced_scores(self, interaction, items):
