@@ -69,7 +69,8 @@ def run_entry(entry, dataset, seed, config_files, overrides, runs_dir):
     with tempfile.TemporaryDirectory() as tmp:
         result = run_recbole(entry.model, dataset, config_file_list=config_files + entry.config_files,
                              config_dict={**overrides, "seed": seed, "results_dir": tmp})
-        result["label"] = entry.label
+        if entry.label != entry.model:   # a preset's row name (ablations); else the model's own label
+            result["label"] = entry.label
         target = run_path(runs_dir, entry.label, seed)
         ranks = result["result_file"][: -len(".json")] + ".ranks.npz"
         if os.path.isfile(ranks):

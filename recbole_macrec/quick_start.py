@@ -93,13 +93,11 @@ def check_dataset_files(config):
             f"(set data_path, or convert the data with dataset_prep/)")
 
 
-def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
-    """Train and test ``model`` (a name or a class) on ``dataset`` with RecBole's pipeline.
+def build_run(model, dataset=None, config_file_list=None, config_dict=None):
+    """Config, seeded data and model of one run, as RecBole's pipeline builds them.
 
-    Returns a dict with ``best_valid_result``, ``test_result`` (metric -> value), ``result_file`` and
-    run facts (seed, epochs, wall time, machine).
-    """
-    start = time.time()
+    Returns ``(config, dataset, (train_data, valid_data, test_data), model)``; generative models
+    get their semantic IDs first (running the pre-stage if needed)."""
     model_class = get_model(model) if isinstance(model, str) else model
     config = Config(model=model_class, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict)
@@ -109,18 +107,30 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
     logger.info(config)
 
     check_dataset_files(config)
-    # Generative models bring their semantic IDs into the dataset (running the pre-stage if needed).
     prepare = getattr(model_class, "prepare_data", None)
     if prepare is not None:
         prepare(config)
 
     dataset_obj = create_dataset(config)
     logger.info(dataset_obj)
-    train_data, valid_data, test_data = data_preparation(config, dataset_obj)
+    loaders = data_preparation(config, dataset_obj)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj = model_class(config, train_data._dataset).to(config["device"])
+    model_obj = model_class(config, loaders[0]._dataset).to(config["device"])
     logger.info(model_obj)
+    return config, dataset_obj, loaders, model_obj
+
+
+def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+    """Train and test ``model`` (a name or a class) on ``dataset`` with RecBole's pipeline.
+
+    Returns a dict with ``best_valid_result``, ``test_result`` (metric -> value), ``result_file`` and
+    run facts (seed, epochs, wall time, machine).
+    """
+    start = time.time()
+    config, dataset_obj, (train_data, valid_data, test_data), model_obj = build_run(
+        model, dataset, config_file_list, config_dict)
+    logger = getLogger()
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
     best_valid_score, best_valid_result = trainer.fit(
@@ -135,6 +145,7 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
 
     result = {
         "model": config["model"],
+        "label": getattr(model_obj, "label", config["model"]),
         "dataset": config["dataset"],
         "seed": config["seed"],
         "epochs": config["epochs"],
@@ -148,7 +159,7 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         "config_files": list(config_file_list or []),
     }
     sid_report = os.path.join(config["data_path"], "sid_report.json")
-    if prepare is not None and os.path.isfile(sid_report):
+    if hasattr(model_obj, "prepare_data") and os.path.isfile(sid_report):
         result["semantic_ids"] = semantic_id_summary(sid_report)
     if config["local_rank"] == 0:
         result["result_file"] = write_result_file(config, result, recorder.ranks())

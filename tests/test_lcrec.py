@@ -120,6 +120,7 @@ def test_local_checkpoint_loads_through_pretrained_path(tiny_dataset, tmp_path):
     assert emb.shape[0] == model.vocab.size and min(model.vocab.task_ids.values()) == 7
     torch.testing.assert_close(emb[:7], lm.get_input_embeddings().weight)
     assert model._text[1].tolist()[:2] == [3, 4]  # "item number ..." keeps the base ids
+    assert model.label == "LCRec (tiny-llama)"
     assert_training_lowers_loss(model, next(iter(data[0])))
 
 
@@ -132,4 +133,5 @@ def test_lcrec_runs_end_to_end(tiny_dataset):
                                             "sid_con_weights": [0, 0, 0], "epochs": 1, "eval_batch_size": 16})
     result = run_recbole("LCRec", "tiny", config_dict=cfg)
     assert result["semantic_ids"]["method"] == "rqvae_sinkhorn"
+    assert result["label"] == "LCRec (small LM from scratch)"
     assert 0 <= result["test_result"]["ndcg@10"] <= 1

@@ -12,6 +12,7 @@ Sequences: ``[task] source [sep] target [eos]``; the loss covers the target toke
 Decoding: the prompt (left-padded) is encoded once, then the shared constrained beam search runs
 the decoder with its KV cache.
 """
+import os
 import re
 from collections import Counter
 from logging import getLogger
@@ -92,6 +93,7 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
                            "(no item <-> ID alignment tasks)")
         self.text_len = int(config["lcrec_text_len"] or 16)
         self.pretrained_path = config["pretrained_path"]
+        self.lora_r = int(config["lora_r"] or 0)
         if self.pretrained_path:
             self.lm, base_size, self.pad_id, self.eos_id, encode = self._load_pretrained(config)
             self.sep_id = self.eos_id
@@ -118,6 +120,14 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
                 pad_token_id=self.pad_id, bos_token_id=self.eos_id, eos_token_id=self.eos_id,
                 tie_word_embeddings=True))
         self._trie = None
+
+    @property
+    def label(self):
+        """Leaderboard label that says which LM this is (the original fine-tunes LLaMA-7B)."""
+        if not self.pretrained_path:
+            return "LCRec (small LM from scratch)"
+        lora = f", LoRA r={self.lora_r}" if self.lora_r else ""
+        return f"LCRec ({os.path.basename(os.path.normpath(self.pretrained_path))}{lora})"
 
     # ---- item text -----------------------------------------------------------------------
     @staticmethod
