@@ -76,6 +76,25 @@ def test_loss_is_computed_on_target_tokens_only(lcrec):
     assert int((labels != IGNORE).sum()) == len(batch) * (model.vocab.num_levels("text") + 1)
 
 
+def _full_logits_task_loss(model, ids, mask, labels):
+    logits = model.lm(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                             ignore_index=IGNORE)
+
+
+def test_all_tasks_in_one_pass_equal_one_pass_per_task(lcrec):
+    model, _, data = lcrec
+    batch = next(iter(data[0]))
+    assert model.tasks == ["seqrec", "text2id", "id2text"] and model.pack_tasks
+    # the three tasks have different widths, so the packed rows are padded
+    widths = {model.task_sequences(t, batch)[0].shape[1] for t in model.tasks}
+    assert len(widths) > 1
+    reference = sum(float(_full_logits_task_loss(model, *model.task_sequences(t, batch))) for t in model.tasks)
+    assert float(model.calculate_loss(batch)) == pytest.approx(reference, rel=1e-5)
+    model.pack_tasks = False
+    assert float(model.calculate_loss(batch)) == pytest.approx(reference, rel=1e-5)
+
+
 def _brute_force(model, batch):
     n = model.n_items
     return torch.stack([model.teacher_forced_scores(batch[torch.tensor([r] * (n - 1))], torch.arange(1, n))

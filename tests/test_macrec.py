@@ -137,6 +137,42 @@ def test_prestage_ablation_switch_removes_exactly_its_term(ablation, removed):
         assert float(cut[term]) == pytest.approx(float(full[term])), term
 
 
+def _one_task_loss(model, src, mask, target):
+    """Reference: the task alone, plain mean token cross-entropy."""
+    logits = model.t5(input_ids=src, attention_mask=mask, decoder_input_ids=model.t5._shift_right(target)).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def test_packed_tasks_equal_one_forward_per_task(macrec):
+    model, _, data = macrec
+    model.eval()
+    batch = next(iter(data[0]))
+    assert model.task_groups(model.tasks) == [["seqrec", "seqimage", "seqitem2image", "seqimage2item"],
+                                              ["item2image", "image2item"]]
+    packed = model.task_losses(batch)
+    for task in model.tasks:
+        assert float(packed[task]) == pytest.approx(float(_one_task_loss(model, *model.task_batch(task, batch))),
+                                                    rel=1e-5), task
+    # different source and target widths in one pass: padding must carry no loss and no attention
+    seq, item = model.task_batch("seqrec", batch), model.task_batch("item2image", batch)
+    item = (item[0], item[1], item[2][:, 2:])
+    both = model.seq2seq_losses([seq, item])
+    assert float(both[0]) == pytest.approx(float(_one_task_loss(model, *seq)), rel=1e-5)
+    assert float(both[1]) == pytest.approx(float(_one_task_loss(model, *item)), rel=1e-5)
+
+
+def test_implicit_states_of_both_views_equal_separate_encoder_passes(macrec):
+    model, _, _ = macrec
+    model.eval()
+    items = torch.tensor([1, 4, 9])
+    pooled = model.pooled_item_states(items)
+    for v, view in enumerate(model.views):
+        tok = model.item_tokens(view, items)
+        src = torch.cat([tok, torch.full((3, 1), EOS)], 1)
+        alone = model.t5.get_encoder()(input_ids=src).last_hidden_state.mean(1)
+        torch.testing.assert_close(pooled[v], alone, rtol=1e-5, atol=1e-6)
+
+
 def test_a_few_steps_lower_the_multitask_loss(macrec):
     model, _, data = macrec
     assert_training_lowers_loss(model, next(iter(data[0])))

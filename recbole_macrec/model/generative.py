@@ -14,6 +14,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
+from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
 
 # task -> (source view, source kind, target view index in self.views). "seq": the history;
@@ -108,6 +109,7 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
                 raise ValueError(f"task '{task}' needs two views, gr_views = {self.views}")
         weights = config["gr_task_weights"] or {}
         self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.pack_tasks = config["gr_pack_tasks"] is not False
         self.beam_size = int(config["beam_size"])
         topk = max(config["topk"])
         if self.beam_size < topk:
@@ -172,22 +174,35 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         return src, mask, self.target_tokens(tgt_view, target_items)
 
     # ---- training ----------------------------------------------------------------------------
-    def seq2seq_loss(self, src, mask, target):
-        """Mean token cross-entropy of ``target [B, L + 1]`` given ``src [B, S]``; also returns
-        the encoder's last hidden state ``[B, S, d]``."""
-        out = self.t5(input_ids=src, attention_mask=mask,
+    def task_groups(self, tasks):
+        """Tasks that share one forward pass: those with the same kind of source (a history or
+        one item, so similar widths) when ``gr_pack_tasks``, else one task each."""
+        if not self.pack_tasks:
+            return [[task] for task in tasks]
+        groups = {}
+        for task in tasks:
+            groups.setdefault(TASKS[task][1], []).append(task)
+        return list(groups.values())
+
+    def seq2seq_losses(self, batches):
+        """Mean token cross-entropy ``[len(batches)]`` of each ``(src [B_i, S_i], mask, target
+        [B_i, L_i + 1])`` in ``batches``, from one forward pass over their stacked rows."""
+        src = pad_cat([b[0] for b in batches], PAD)
+        target = pad_cat([b[2] for b in batches], IGNORE)
+        out = self.t5(input_ids=src, attention_mask=src.ne(PAD),
                       decoder_input_ids=self.t5._shift_right(target), return_dict=True)
-        loss = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), target.reshape(-1))
-        return loss, out.encoder_last_hidden_state
+        token_loss = F.cross_entropy(out.logits.float().transpose(1, 2), target, ignore_index=IGNORE,
+                                     reduction="none")
+        return segment_token_means(token_loss, target.ne(IGNORE), [len(b[0]) for b in batches])
 
     def task_losses(self, interaction):
         """``{task: weighted loss}`` for the configured tasks."""
         losses = {}
-        for task in self.tasks:
-            if self.task_weights[task] == 0:
-                continue
-            src, mask, target = self.task_batch(task, interaction)
-            losses[task] = self.task_weights[task] * self.seq2seq_loss(src, mask, target)[0]
+        tasks = [task for task in self.tasks if self.task_weights[task] != 0]
+        for group in self.task_groups(tasks):
+            means = self.seq2seq_losses([self.task_batch(task, interaction) for task in group])
+            for task, loss in zip(group, means):
+                losses[task] = self.task_weights[task] * loss
         return losses
 
     def calculate_loss(self, interaction):

@@ -24,10 +24,10 @@ from recbole.utils import InputType
 
 from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
 from recbole_macrec.model.generative import SemanticIdModelMixin
+from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import SemanticIdVocab
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
 
-IGNORE = -100
 LCREC_TASKS = ("seqrec", "text2id", "id2text")
 WORD = re.compile(r"[a-z0-9']+")
 
@@ -92,6 +92,7 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
             logger.warning("LCRec: the dataset has no item text: training seqrec only "
                            "(no item <-> ID alignment tasks)")
         self.text_len = int(config["lcrec_text_len"] or 16)
+        self.pack_tasks = config["gr_pack_tasks"] is not False
         self.pretrained_path = config["pretrained_path"]
         self.lora_r = int(config["lora_r"] or 0)
         if self.pretrained_path:
@@ -227,13 +228,30 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
             raise ValueError(f"unknown LCRec task '{task}'")
         return concat_prompt_target(prompt, pmask, target, tmask, self.pad_id)
 
+    def target_token_losses(self, ids, mask, labels):
+        """Cross-entropy ``[N, S - 1]`` of each next token that has a label (0 elsewhere). The LM
+        head runs on labelled positions only: with a from-scratch model the vocabulary projection
+        is most of the compute, and most positions are prompt."""
+        hidden = self.lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        target = labels[:, 1:]
+        labelled = target.ne(IGNORE)
+        logits = self.lm.get_output_embeddings()(hidden[labelled])
+        token_loss = hidden.new_zeros(target.shape, dtype=torch.float)
+        token_loss[labelled] = F.cross_entropy(logits.float(), target[labelled], reduction="none")
+        return token_loss, labelled
+
     def calculate_loss(self, interaction):
+        """Sum over tasks of the mean cross-entropy of the task's target tokens; all tasks in one
+        forward pass when ``gr_pack_tasks`` (rows right-padded to a common width)."""
+        groups = [self.tasks] if self.pack_tasks else [[task] for task in self.tasks]
         total = 0
-        for task in self.tasks:
-            ids, mask, labels = self.task_sequences(task, interaction)
-            logits = self.lm(input_ids=ids, attention_mask=mask).logits[:, :-1]
-            total = total + F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                            labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+        for group in groups:
+            seqs = [self.task_sequences(task, interaction) for task in group]
+            ids = pad_cat([s[0] for s in seqs], self.pad_id)
+            mask = pad_cat([s[1].long() for s in seqs], 0)
+            labels = pad_cat([s[2] for s in seqs], IGNORE)
+            token_loss, labelled = self.target_token_losses(ids, mask, labels)
+            total = total + segment_token_means(token_loss, labelled, [len(s[0]) for s in seqs]).sum()
         return total
 
     # ---- scoring and decoding --------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from recbole_macrec.model.beam_search import scores_to_matrix
 from recbole_macrec.model.generative import GenerativeRecommender
+from recbole_macrec.model.packing import pad_cat
 from recbole_macrec.model.vocab import EOS, PAD
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
 
@@ -52,20 +53,23 @@ class MACRec(GenerativeRecommender):
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got '{self.fusion}'")
 
-    def pooled_item_states(self, view, items):
-        """Mean-pooled encoder states ``[B, d]`` of items' IDs in ``view`` (tokens + eos)."""
-        tok = self.item_tokens(view, items)
-        src = torch.cat([tok, tok.new_full((tok.shape[0], 1), EOS)], 1)
+    def pooled_item_states(self, items):
+        """Mean-pooled encoder states ``[2, B, d]`` of ``items [B]``' IDs (tokens + eos) in both
+        views, from one encoder pass."""
+        rows = []
+        for view in self.views:
+            tok = self.item_tokens(view, items)
+            rows.append(torch.cat([tok, tok.new_full((tok.shape[0], 1), EOS)], 1))
+        src = pad_cat(rows, PAD)
         mask = src.ne(PAD)
         states = self.t5.get_encoder()(input_ids=src, attention_mask=mask).last_hidden_state
-        return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return pooled.view(len(self.views), len(items), -1)
 
     def implicit_loss(self, interaction):
         items = torch.unique(interaction[self.POS_ITEM_ID])  # repeated items would be false negatives
-        a = self.pooled_item_states(self.views[0], items)
-        b = self.pooled_item_states(self.views[1], items)
-        return implicit_alignment_loss(a.float(), b.float(), self.implicit_temperature,
-                                       self.implicit_bidirectional)
+        a, b = self.pooled_item_states(items).float()
+        return implicit_alignment_loss(a, b, self.implicit_temperature, self.implicit_bidirectional)
 
     def task_losses(self, interaction):
         losses = super().task_losses(interaction)

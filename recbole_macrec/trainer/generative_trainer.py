@@ -8,6 +8,8 @@ from recbole.utils import set_color
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
+from recbole_macrec.data.device_loader import LengthGroupedLoader, device_loader_applies
+
 
 def cosine_with_warmup(warmup_steps, total_steps):
     """LR multiplier: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
@@ -27,6 +29,8 @@ class GenerativeTrainer(Trainer):
         self.bf16 = bool(config["gr_bf16"]) and self.device.type == "cuda"
         self.warmup_ratio = float(config["warmup_ratio"] or 0.0)
         self.scheduler = None
+        self.length_group = config["gr_length_group"]
+        self.device_loader = None
 
     def _build_optimizer(self, **kwargs):
         params = kwargs.pop("params", self.model.parameters())
@@ -39,27 +43,42 @@ class GenerativeTrainer(Trainer):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(warmup, total))
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
+    def batches_of(self, train_data):
+        """The training batches: device-resident and length-grouped when ``gr_length_group`` is set
+        and the loader is a plain one, else RecBole's loader."""
+        if self.length_group and device_loader_applies(self.config, train_data):
+            if self.device_loader is None or self.device_loader.source is not train_data:
+                self.device_loader = LengthGroupedLoader(
+                    train_data, self.device, self.config["ITEM_LIST_LENGTH_FIELD"],
+                    group=self.length_group, seed=self.config["seed"])
+            return self.device_loader
+        return train_data
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
+        train_data = self.batches_of(train_data)
         loss_func = loss_func or self.model.calculate_loss
         batches = tqdm(train_data, total=len(train_data), ncols=100,
                        desc=set_color(f"Train {epoch_idx:>5}", "pink")) if show_progress else train_data
         total = torch.zeros((), device=self.device)
         for interaction in batches:
-            interaction = interaction.to(self.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-                loss = loss_func(interaction)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip_grad_norm:
-                clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            total += loss.detach()
+            total += self.train_step(interaction.to(self.device), loss_func)
         total = float(total)
         self._check_nan(torch.tensor(total))
         return total
+
+    def train_step(self, interaction, loss_func=None):
+        """One optimisation step on a batch already on the device; returns the detached loss."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            loss = (loss_func or self.model.calculate_loss)(interaction)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad_norm:
+            clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach()
 
     def _full_sort_batch_eval(self, batched_data):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):

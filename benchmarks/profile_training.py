@@ -1,0 +1,144 @@
+"""Where a generative model's training time goes: data loading vs compute, before and after the
+speed work (device-resident, length-grouped batches; tasks packed into one forward pass).
+
+Every variant runs in the same process on the same model, data and device, so the ratios are
+side-by-side comparisons (absolute seconds on a shared CPU are upper bounds):
+
+    python benchmarks/profile_training.py --model=MACRec --dataset=ml-100k --batches=8 \
+        --out=results/ml-100k/profile_MACRec_cpu.json [--set train_batch_size=1024 ...]
+
+Reported per batch: RecBole's loader vs the device loader (fetch + copy to the device); the
+training step (forward, backward, optimiser) for each combination of {one forward per task,
+packed tasks} x {random batches, length-grouped batches}; the share of history-token slots that
+are padding in random vs grouped batches (over a whole epoch); and the estimated epoch time of
+the old path (RecBole loader, one forward per task, random batches) vs the new one.
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_macrec.data.device_loader import LengthGroupedLoader  # noqa: E402
+from recbole_macrec.quick_start import build_run, machine_description  # noqa: E402
+from recbole_macrec.trainer.generative_trainer import GenerativeTrainer  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_batch(batches, device, n):
+    """Mean seconds to draw a batch and have it on the device (first draw excluded)."""
+    iterator = iter(batches)
+    next(iterator).to(device)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        next(iterator).to(device)
+    sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def padding_share(loader, field):
+    """Share of history slots (batch max length x rows) that are padding, over one epoch."""
+    slots = used = 0
+    for batch in loader:
+        lengths = batch[field]
+        slots += int(lengths.max()) * len(lengths)
+        used += int(lengths.sum())
+    return 1 - used / slots
+
+
+def step_seconds(trainer, batches, n, device):
+    """Mean seconds of one training step over ``n`` batches (one warm-up step excluded)."""
+    trainer.train_step(batches[0])
+    sync(device)
+    start = time.perf_counter()
+    for batch in batches[1:n + 1]:
+        trainer.train_step(batch)
+    sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="MACRec")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per variant")
+    parser.add_argument("--data-only", action="store_true", help="loaders and padding only (no model steps)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    overrides.setdefault("show_progress", False)
+
+    config, _, (train_data, _, _), model = build_run(args.model, args.dataset, config_dict=overrides)
+    device = config["device"]
+    field = config["ITEM_LIST_LENGTH_FIELD"]
+    group = int(config["gr_length_group"] or 50)
+    n = min(args.batches, len(train_data) - 2)
+
+    start = time.perf_counter()
+    grouped_loader = LengthGroupedLoader(train_data, device, field, group=group, seed=config["seed"])
+    random_loader = LengthGroupedLoader(train_data, device, field, group=1, seed=config["seed"])
+    sync(device)
+    setup_s = time.perf_counter() - start
+
+    report = {"model": args.model, "dataset": args.dataset, "machine": machine_description(),
+              "train_batch_size": int(train_data.step), "batches_per_epoch": len(train_data),
+              "timed_batches": n, "length_group": group, "overrides": overrides,
+              "data_s_per_batch": {"recbole_loader": seconds_per_batch(train_data, device, n),
+                                   "device_loader": seconds_per_batch(grouped_loader, device, n)},
+              "device_loader_setup_s": setup_s,
+              "padding_share": {"random": padding_share(random_loader, field),
+                                "grouped": padding_share(grouped_loader, field)}}
+
+    if args.data_only:
+        return write_report(report, args.out)
+    batches = {"random": [b for _, b in zip(range(n + 1), random_loader)],
+               "grouped": [b for _, b in zip(range(n + 1), grouped_loader)]}
+    initial = copy.deepcopy(model.state_dict())
+    compute = {}
+    model.train()
+    for pack in (False, True):
+        for order in ("random", "grouped"):
+            model.load_state_dict(initial)
+            model.pack_tasks = pack
+            trainer = GenerativeTrainer(config, model)
+            name = f"{'packed' if pack else 'per_task'}_{order}"
+            compute[name] = step_seconds(trainer, batches[order], n, device)
+            print(f"{name}: {compute[name]:.3f} s/step", flush=True)
+    report["compute_s_per_batch"] = compute
+    old = report["data_s_per_batch"]["recbole_loader"] + compute["per_task_random"]
+    new = report["data_s_per_batch"]["device_loader"] + compute["packed_grouped"]
+    report["epoch_s_estimate"] = {"old": old * len(train_data), "new": new * len(train_data)}
+    report["speedup"] = old / new
+    report["data_share_old"] = report["data_s_per_batch"]["recbole_loader"] / old
+    if device.type == "cuda":
+        report["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    write_report(report, args.out)
+
+
+def write_report(report, out):
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Several tasks' rows in one forward pass: stack them (padded to a common width) and split the
+per-token losses back into one mean per task."""
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100   # label of a token that carries no loss (cross_entropy's ignore_index)
+
+
+def pad_cat(tensors, value):
+    """Stack ``[B_i, S_i]`` tensors into ``[sum B_i, max S_i]``, right-padded with ``value``."""
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (0, width - t.shape[1]), value=value) for t in tensors], 0)
+
+
+def segment_token_means(token_loss, valid, sizes):
+    """Mean of ``token_loss [N, T]`` over ``valid`` tokens, per consecutive block of ``sizes`` rows
+    (``sum(sizes) == N``): ``[len(sizes)]``."""
+    segment = torch.repeat_interleave(torch.arange(len(sizes), device=token_loss.device),
+                                      torch.as_tensor(sizes, device=token_loss.device))
+    valid = valid.to(token_loss.dtype)
+    totals = token_loss.new_zeros(len(sizes)).index_add_(0, segment, (token_loss * valid).sum(1))
+    counts = valid.new_zeros(len(sizes)).index_add_(0, segment, valid.sum(1))
+    return totals / counts
