@@ -39,16 +39,21 @@ class Entry:
     config_files: list = field(default_factory=list)
 
 
-ABLATIONS = [("w/o L_con", "wo_con"), ("w/o L_align", "wo_align"), ("w/o implicit", "wo_implicit"),
-             ("w/o explicit", "wo_explicit")]
+ABLATIONS = ["wo_con", "wo_align", "wo_implicit", "wo_explicit"]   # properties/ablation/<name>.yaml
+
+
+def ablation_entry(name):
+    """The leaderboard row of one ablation yaml, named by its ``run_label``."""
+    path = PROPERTIES_DIR / "ablation" / f"{name}.yaml"
+    with open(path) as f:
+        label = yaml.safe_load(f)["run_label"]
+    return Entry(label, "MACRec", [str(path)])
 
 
 def entries_for(models, preset=None):
     entries = [Entry(m, m) for m in models]
     if preset == "ablation":
-        entries = [Entry("MACRec", "MACRec")] + [
-            Entry(f"MACRec {label}", "MACRec", [str(PROPERTIES_DIR / "ablation" / f"{name}.yaml")])
-            for label, name in ABLATIONS]
+        entries = [Entry("MACRec", "MACRec")] + [ablation_entry(name) for name in ABLATIONS]
     elif preset is not None:
         raise ValueError(f"unknown preset '{preset}' (known: ablation)")
     return entries

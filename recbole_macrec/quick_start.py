@@ -145,7 +145,7 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
 
     result = {
         "model": config["model"],
-        "label": getattr(model_obj, "label", config["model"]),
+        "label": config["run_label"] or getattr(model_obj, "label", config["model"]),
         "dataset": config["dataset"],
         "seed": config["seed"],
         "epochs": config["epochs"],

@@ -123,7 +123,7 @@ def test_prestage_ablation_switch_removes_exactly_its_term(ablation, removed):
     small = dict(codebook_size=4, e_dim=8, encoder_layers=(16,), pseudo_label_k=4)
     params = QuantizerParams(**small)
     ablated = QuantizerParams(**small, **{k[4:]: tuple(v) if isinstance(v, list) else v
-                                          for k, v in switch.items()})
+                                          for k, v in switch.items() if k.startswith("sid_")})
     torch.manual_seed(0)
     views = {"text": torch.randn(32, 6), "image": torch.randn(32, 5)}
     models = _build(views, params, "macrec", "cpu")
