@@ -144,7 +144,13 @@ def significance(runs, rows, metric=KEY_METRIC):
 
     if len(rows) < 2:
         return None
-    best, second = rows[0], rows[1]
+    return paired_test(runs, rows[0], rows[1], metric)
+
+
+def paired_test(runs, best, second, metric=KEY_METRIC):
+    """Paired t-test and Wilcoxon test of row ``best`` against row ``second`` on per-user ``metric``."""
+    from scipy import stats
+
     out = {"metric": metric, "best": best["label"], "runner_up": second["label"]}
     per_row = []
     for row in (best, second):
