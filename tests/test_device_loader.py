@@ -65,3 +65,5 @@ def test_trainer_trains_from_the_device_loader(tiger_data):
     assert isinstance(trainer.device_loader, LengthGroupedLoader) and trainer.device_loader.source is data[0]
     config["gr_length_group"] = 0
     assert GenerativeTrainer(config, model).batches_of(data[0]) is data[0]
+    config["gr_length_group"], config["single_spec"] = 4, False   # DDP: RecBole's sharded loader
+    assert not device_loader_applies(config, data[0])

@@ -50,7 +50,9 @@ class LengthGroupedLoader:
 
 
 def device_loader_applies(config, train_data):
-    """True when the training loader is a plain one: no negative sampling, no batch transform."""
+    """True when the training loader is a plain one: one process (DDP shards need RecBole's
+    distributed sampler), no negative sampling, no batch transform."""
     neg = getattr(train_data, "neg_sample_args", None) or {}
-    return config["transform"] is None and neg.get("distribution", "none") == "none" \
+    return config["single_spec"] and config["transform"] is None \
+        and neg.get("distribution", "none") == "none" \
         and hasattr(train_data, "_dataset") and hasattr(train_data, "step")
