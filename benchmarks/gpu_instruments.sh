@@ -25,7 +25,7 @@ OUT=${1:-${OUT:-results/gpu_run}}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
+if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then   # SKIP_WHEELS=1: an environment that already has them
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 else
