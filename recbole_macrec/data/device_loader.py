@@ -32,7 +32,8 @@ class LengthGroupedLoader:
         return -(-len(self.data) // self.batch_size)
 
     def epoch_order(self):
-        """Row indices ``[n]`` of one epoch, batch after batch."""
+        """The batches of one epoch: a list of row-index tensors ``[<= batch_size]``. Mega-batches
+        are whole batches, so no batch mixes two of them."""
         n = len(self.data)
         perm = torch.randperm(n, generator=self.generator).to(self.length.device)
         if self.group > 1:
