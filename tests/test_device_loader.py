@@ -67,3 +67,18 @@ def test_trainer_trains_from_the_device_loader(tiger_data):
     assert GenerativeTrainer(config, model).batches_of(data[0]) is data[0]
     config["gr_length_group"], config["single_spec"] = 4, False   # DDP: RecBole's sharded loader
     assert not device_loader_applies(config, data[0])
+
+
+def _trained_weights(tiny_dataset, seed):
+    from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
+
+    model, config, data = build_model("TIGER", tiny_dataset, train_batch_size=8, seed=seed, epochs=1)
+    GenerativeTrainer(config, model).fit(data[0], saved=False)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_training_from_the_device_loader_is_reproducible_from_the_seed(tiny_dataset):
+    write_codes(tiny_dataset / "tiny")
+    first = _trained_weights(tiny_dataset, 7)
+    assert torch.equal(first, _trained_weights(tiny_dataset, 7))
+    assert not torch.equal(first, _trained_weights(tiny_dataset, 8))
