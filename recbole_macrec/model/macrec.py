@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from recbole_macrec.model.beam_search import scores_to_matrix
 from recbole_macrec.model.generative import GenerativeRecommender
 from recbole_macrec.model.packing import pad_cat
-from recbole_macrec.model.vocab import EOS, PAD
+from recbole_macrec.model.vocab import PAD
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
 
 FUSIONS = ("published", "mean")
@@ -56,11 +56,7 @@ class MACRec(GenerativeRecommender):
     def pooled_item_states(self, items):
         """Mean-pooled encoder states ``[2, B, d]`` of ``items [B]``' IDs (tokens + eos) in both
         views, from one encoder pass."""
-        rows = []
-        for view in self.views:
-            tok = self.item_tokens(view, items)
-            rows.append(torch.cat([tok, tok.new_full((tok.shape[0], 1), EOS)], 1))
-        src = pad_cat(rows, PAD)
+        src = pad_cat([self.target_tokens(view, items) for view in self.views], PAD)
         mask = src.ne(PAD)
         states = self.t5.get_encoder()(input_ids=src, attention_mask=mask).last_hidden_state
         pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
