@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.data.device_loader import LengthGroupedLoader  # noqa: E402
+from recbole_macrec.leaderboard import parse_overrides  # noqa: E402
 from recbole_macrec.quick_start import build_run, machine_description  # noqa: E402
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer  # noqa: E402
 
@@ -75,13 +76,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_overrides(args.set)
     overrides.setdefault("show_progress", False)
 
     config, _, (train_data, _, _), model = build_run(args.model, args.dataset, config_dict=overrides)

@@ -59,6 +59,15 @@ def entries_for(models, preset=None):
     return entries
 
 
+def parse_overrides(items):
+    """``{key: value}`` of command-line ``KEY=VALUE`` items, values read as yaml (5, 1e-3, True, [a, b])."""
+    overrides = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def slug(text):
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
@@ -334,10 +343,7 @@ def main(argv=None):
         except ValueError as err:
             sys.exit(str(err))
     config_files = args.config_files.split() if args.config_files else []
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     # RecBole's Config reads --key=value from sys.argv: keep the leaderboard's own flags away.
     sys.argv = sys.argv[:1]
     todo = [(e, 2020 + s) for e in entries for s in range(args.seeds)]
