@@ -111,6 +111,15 @@ def row_key(run):
     return run["label"], run["epochs"]
 
 
+def timing_summary(group):
+    """``(s/epoch, test s)`` of a row's runs: the median training epoch (the first one pays for
+    warm-up) and the test pass, averaged over runs; ``None`` where runs did not record them."""
+    epochs = [float(np.median(r["timing"]["train_epoch_s"])) for r in group
+              if (r.get("timing") or {}).get("train_epoch_s")]
+    tests = [r["timing"]["test_s"] for r in group if (r.get("timing") or {}).get("test_s") is not None]
+    return (float(np.mean(epochs)) if epochs else None), (float(np.mean(tests)) if tests else None)
+
+
 def aggregate(runs):
     """One row per (label, epochs): mean and std over seeds of every test metric."""
     groups = {}
@@ -123,6 +132,7 @@ def aggregate(runs):
                "epochs_run": "/".join(map(str, sorted(run_epochs))),
                "seeds": sorted(r["seed"] for r in group),
                "wall_time_s": float(np.mean([r["wall_time_s"] for r in group])),
+               **dict(zip(("epoch_s", "test_s"), timing_summary(group))),
                "machine": ", ".join(sorted({r["machine"] for r in group}))}
         for m in METRICS:
             values = np.array([r["test_result"][m] for r in group])
@@ -201,23 +211,29 @@ def _fmt(row, m, best):
     return f"**{text}**" if best.get(m) == row[m] else text
 
 
+def _seconds(value):
+    return "—" if value is None else (f"{value:.1f}" if value < 100 else f"{value:.0f}")
+
+
 def markdown(dataset, rows, sig, published, collisions):
     shown = [m for m in METRICS if not m.endswith("@20")]
     best = {m: max(r[m] for r in rows) for m in shown} if rows else {}
     lines = [f"### {dataset}", "",
              "| model | epochs | seeds | " + " | ".join(m.replace("hit", "HR").replace("ndcg", "NDCG") for m in shown)
-             + " | wall s | machine |", "|" + "---|" * (len(shown) + 5)]
+             + " | s/epoch | test s | wall s | machine |", "|" + "---|" * (len(shown) + 7)]
     for row in rows:
         lines.append(f"| {row['label']} | {row['epochs_run']} | {len(row['seeds'])} | "
                      + " | ".join(_fmt(row, m, best) for m in shown)
+                     + f" | {_seconds(row.get('epoch_s'))} | {_seconds(row.get('test_s'))}"
                      + f" | {row['wall_time_s']:.0f} | {row['machine']} |")
     for model, values in published.items():
         lines.append(f"| *{model} (paper)* | | | " + " | ".join(
-            f"*{values[m]:.4f}*" if m in values else "—" for m in shown) + " | | |")
+            f"*{values[m]:.4f}*" if m in values else "—" for m in shown) + " | | | | |")
     lines.append("")
     lines.append("Test set, leave-one-out, full ranking over all items; mean ± std over seeds; best of "
                  "our rows in bold; *(paper)* rows are published numbers; epochs = epochs trained "
-                 "(early stopping may end a run before its budget).")
+                 "(early stopping may end a run before its budget); s/epoch = median training epoch, "
+                 "test s = the test pass (— where a run predates these records).")
     if sig:
         if "note" in sig:
             lines.append(f"Paired test, {sig['best']} vs {sig['runner_up']}: {sig['note']}.")
@@ -264,7 +280,7 @@ def write_outputs(out_dir, dataset, runs):
         f.write(markdown(dataset, rows, sig, published, collisions))
     with open(os.path.join(out_dir, "leaderboard.csv"), "w", newline="") as f:
         columns = ["label", "model", "epochs", "epochs_run", "seeds"] + [c for m in METRICS for c in (m, m + "_std")] \
-            + ["wall_time_s", "machine"]
+            + ["epoch_s", "test_s", "wall_time_s", "machine"]
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         for row in rows:

@@ -84,6 +84,46 @@ class TestRankRecorder:
         self.trainer.evaluator.evaluate = self._evaluate
 
 
+class PhaseTimer:
+    """Wall seconds of every training epoch and validation pass of ``trainer`` (device work
+    included: CUDA is synchronised before the clock stops), and of the test."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.train_epoch_s, self.valid_s, self.test_s = [], [], None
+        self._train, self._valid = trainer._train_epoch, trainer._valid_epoch
+        trainer._train_epoch = self.timed(self._train, self.train_epoch_s)
+        trainer._valid_epoch = self.timed(self._valid, self.valid_s)
+
+    def timed(self, fn, seconds):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.synchronize()
+            seconds.append(round(time.perf_counter() - start, 3))
+            return out
+
+        return wrapper
+
+    def synchronize(self):
+        if getattr(self.trainer, "device", torch.device("cpu")).type == "cuda":
+            torch.cuda.synchronize()
+
+    def test(self, evaluate):
+        """Run ``evaluate()`` (the test pass), timing it; returns its result."""
+        start = time.perf_counter()
+        result = evaluate()
+        self.synchronize()
+        self.test_s = round(time.perf_counter() - start, 3)
+        return result
+
+    def summary(self):
+        return {"train_epoch_s": self.train_epoch_s, "valid_s": self.valid_s, "test_s": self.test_s}
+
+    def close(self):
+        self.trainer._train_epoch, self.trainer._valid_epoch = self._train, self._valid
+
+
 def check_dataset_files(config):
     """Fail early, naming the file, when the dataset's interaction file is missing."""
     path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
@@ -133,13 +173,15 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
     logger = getLogger()
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    timer = PhaseTimer(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     recorder = TestRankRecorder(trainer, dataset_obj)
-    test_result = trainer.evaluate(test_data, load_best_model=saved,
-                                   show_progress=config["show_progress"])
+    test_result = timer.test(lambda: trainer.evaluate(test_data, load_best_model=saved,
+                                                      show_progress=config["show_progress"]))
     recorder.close()
+    timer.close()
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
 
@@ -155,9 +197,12 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         "best_valid_result": _jsonable(best_valid_result),
         "test_result": _jsonable(test_result),
         "wall_time_s": round(time.time() - start, 2),
+        "timing": timer.summary(),
         "machine": machine_description(),
         "config_files": list(config_file_list or []),
     }
+    if getattr(trainer, "budget_plan", None):
+        result["train_budget"] = trainer.budget_plan
     sid_report = os.path.join(config["data_path"], "sid_report.json")
     if hasattr(model_obj, "prepare_data") and os.path.isfile(sid_report):
         result["semantic_ids"] = semantic_id_summary(sid_report)

@@ -33,6 +33,20 @@ def test_two_models_two_seeds_write_all_files(tiny_dataset, workdir):
     assert {sig["best"], sig["runner_up"]} == {"Pop", "SASRec"} and sig["users"] == 40
     md = (out / "leaderboard.md").read_text()
     assert "| Pop |" in md and "| SASRec |" in md and "Paired test" in md
+    # speed columns come from the runs' own timing records
+    sasrec = next(r for r in board["rows"] if r["label"] == "SASRec")
+    timings = [runs[("SASRec", s)]["timing"] for s in (2020, 2021)]
+    assert sasrec["test_s"] == pytest.approx(sum(t["test_s"] for t in timings) / 2)
+    assert sasrec["epoch_s"] == pytest.approx(sum(t["train_epoch_s"][0] for t in timings) / 2)
+    assert "s/epoch" in md and "test s" in md
+
+
+def test_rows_without_timing_records_show_a_dash():
+    run = {"label": "Old", "model": "Old", "epochs": 1, "seed": 1, "wall_time_s": 5.0, "machine": "m",
+           "test_result": {m: 0.1 for m in leaderboard.METRICS}}
+    rows = leaderboard.aggregate([run])
+    assert rows[0]["epoch_s"] is None and rows[0]["test_s"] is None
+    assert "| — | — | 5 | m |" in leaderboard.markdown("toy", rows, None, {}, [])
 
 
 def test_interrupted_leaderboard_resumes_without_redoing_finished_runs(tiny_dataset, workdir, monkeypatch):

@@ -1,6 +1,11 @@
 """RecBole trainer for the generative models: AdamW, cosine schedule with warm-up, gradient
-clipping, bf16 autocast on CUDA."""
+clipping, bf16 autocast on CUDA, and an optional training-time budget."""
+import copy
 import math
+import random
+import time
+
+import numpy as np
 
 import torch
 from recbole.trainer import Trainer
@@ -23,6 +28,22 @@ def cosine_with_warmup(warmup_steps, total_steps):
     return factor
 
 
+PROBE_WARMUP_STEPS = 2   # untimed: the first steps pay for allocator growth and kernel selection
+PROBE_STEPS = 10
+
+
+def epochs_for_budget(budget_s, epoch_s, max_epochs, eval_step):
+    """``(epochs, eval_step)`` for a training budget: as many epochs of ``epoch_s`` seconds as fit
+    (at least 1, at most ``max_epochs``), cut to a multiple of ``eval_step`` so that the last epoch
+    is validated (a budget shorter than ``eval_step`` epochs validates once, at its end)."""
+    epochs = int(max(1, min(max_epochs, budget_s // max(epoch_s, 1e-9))))
+    if eval_step <= 0:
+        return epochs, eval_step
+    if epochs >= eval_step:
+        return epochs // eval_step * eval_step, eval_step
+    return epochs, epochs
+
+
 class GenerativeTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -31,6 +52,7 @@ class GenerativeTrainer(Trainer):
         self.scheduler = None
         self.length_group = config["gr_length_group"]
         self.device_loader = None
+        self.budget_plan = None
 
     def _build_optimizer(self, **kwargs):
         params = kwargs.pop("params", self.model.parameters())
@@ -40,6 +62,8 @@ class GenerativeTrainer(Trainer):
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
+        if self.config["gr_train_budget_s"] and self.start_epoch == 0:
+            self.plan_epochs(train_data, float(self.config["gr_train_budget_s"]), bool(valid_data))
         total = max(1, (self.epochs - self.start_epoch) * len(train_data))
         warmup = math.ceil(self.warmup_ratio * total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(warmup, total))
@@ -55,6 +79,64 @@ class GenerativeTrainer(Trainer):
                     group=self.length_group, seed=self.config["seed"])
             return self.device_loader
         return train_data
+
+    def plan_epochs(self, train_data, budget_s, validates=True):
+        """Set ``epochs`` (and ``eval_step``) to what fits ``budget_s`` training seconds, from the
+        time of a few probe steps; the probe leaves no trace (model, optimiser, RNGs and batch
+        order are restored), so the run equals one started with ``epochs`` set to the result."""
+        batches = self.batches_of(train_data)
+        step_s = self.probe_step_seconds(batches)
+        eval_step = self.eval_step if validates else 0
+        epochs, eval_step = epochs_for_budget(budget_s, step_s * len(batches), self.epochs, eval_step)
+        self.budget_plan = {"train_budget_s": budget_s, "probe_s_per_step": round(step_s, 5),
+                            "steps_per_epoch": len(batches), "estimated_epoch_s": round(step_s * len(batches), 3),
+                            "epochs_asked": self.epochs, "epochs": epochs}
+        self.logger.info(f"training budget {budget_s:.0f} s: {step_s:.4f} s/step x {len(batches)} steps "
+                         f"-> {epochs} epochs (asked {self.epochs})")
+        self.epochs = self.config["epochs"] = epochs
+        if validates:
+            self.eval_step = self.config["eval_step"] = eval_step
+
+    def probe_step_seconds(self, batches):
+        """Mean wall seconds of a training step over ``PROBE_STEPS`` steps of ``batches`` (after
+        ``PROBE_WARMUP_STEPS`` untimed ones); every state the steps touch is restored."""
+        model_state = copy.deepcopy(self.model.state_dict())
+        optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+               np.random.get_state(), random.getstate())
+        generator = getattr(batches, "generator", None)
+        order_state = generator.get_state() if generator is not None else None
+        self.model.train()
+        timed, start = 0, None
+        for i, interaction in enumerate(batches):
+            if i == PROBE_WARMUP_STEPS:
+                self._synchronize()
+                start = time.perf_counter()
+            if i == PROBE_WARMUP_STEPS + PROBE_STEPS:
+                break
+            self.train_step(interaction.to(self.device))
+            timed += i >= PROBE_WARMUP_STEPS
+        self._synchronize()
+        if not timed:   # an epoch shorter than the warm-up: time its last step instead
+            start = time.perf_counter()
+            self.train_step(interaction.to(self.device))
+            self._synchronize()
+            timed = 1
+        seconds = (time.perf_counter() - start) / timed
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state_all(rng[1])
+        np.random.set_state(rng[2])
+        random.setstate(rng[3])
+        if generator is not None:
+            generator.set_state(order_state)
+        return seconds
+
+    def _synchronize(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()

@@ -1,0 +1,63 @@
+"""GenerativeTrainer's training-time budget and the runner's timing record."""
+import json
+
+import pytest
+import torch
+
+from conftest import build_model, tiny_config_dict, write_codes
+from recbole_macrec.trainer.generative_trainer import GenerativeTrainer, epochs_for_budget
+
+
+@pytest.mark.parametrize("budget, epoch_s, max_epochs, eval_step, expected", [
+    (100, 7, 200, 5, (10, 5)),     # 14 fit, cut to a multiple of eval_step: the last one is validated
+    (100, 7, 200, 20, (14, 14)),   # fewer than eval_step fit: validate once, at the end
+    (100, 7, 8, 5, (5, 5)),        # never more than asked
+    (3, 7, 200, 5, (1, 1)),        # a budget shorter than one epoch still trains one
+    (100, 7, 200, 0, (14, 0)),     # no validation: nothing to align
+])
+def test_epochs_for_budget(budget, epoch_s, max_epochs, eval_step, expected):
+    assert epochs_for_budget(budget, epoch_s, max_epochs, eval_step) == expected
+
+
+def _fit_weights(tiny_dataset, budget, length_group, probe_seconds=None, monkeypatch=None):
+    model, config, data = build_model("TIGER", tiny_dataset, train_batch_size=8, epochs=2, eval_step=1,
+                                      dropout_rate=0.2, gr_length_group=length_group,
+                                      gr_train_budget_s=budget)
+    trainer = GenerativeTrainer(config, model)
+    if probe_seconds is not None:
+        monkeypatch.setattr(trainer, "probe_step_seconds", lambda batches: probe_seconds)
+    trainer.fit(data[0], saved=False)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), trainer, config
+
+
+@pytest.mark.parametrize("length_group", [4, 0])   # device loader, RecBole's loader
+def test_budget_probe_leaves_no_trace(tiny_dataset, length_group):
+    """A budget that fits every asked epoch trains exactly as a run without one: the probe's
+    steps (dropout, optimiser, batch order) are all undone."""
+    write_codes(tiny_dataset / "tiny")
+    plain, _, _ = _fit_weights(tiny_dataset, None, length_group)
+    probed, trainer, _ = _fit_weights(tiny_dataset, 1e9, length_group)
+    assert trainer.budget_plan["epochs"] == 2 and trainer.budget_plan["probe_s_per_step"] > 0
+    assert torch.equal(plain, probed)
+
+
+def test_budget_sets_the_epochs_trained(tiny_dataset, monkeypatch):
+    write_codes(tiny_dataset / "tiny")
+    _, trainer, config = _fit_weights(tiny_dataset, 1.0, 4, probe_seconds=10.0, monkeypatch=monkeypatch)
+    assert trainer.budget_plan["epochs"] == 1 and config["epochs"] == 1
+    assert len(trainer.train_loss_dict) == 1
+
+
+def test_run_records_timing_and_budget(tiny_dataset):
+    from recbole_macrec.quick_start import run_recbole
+
+    write_codes(tiny_dataset / "tiny")
+    result = run_recbole("TIGER", "tiny", config_dict=tiny_config_dict(
+        tiny_dataset, **{"sid_method": "import", "sid_views": ["text", "image"], "d_model": 16, "d_kv": 8,
+                         "d_ff": 32, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
+                         "epochs": 3, "eval_step": 1, "gr_train_budget_s": 1e9}))
+    saved = json.loads(open(result["result_file"]).read())
+    timing = saved["timing"]
+    assert saved["epochs"] == saved["epochs_run"] == saved["train_budget"]["epochs"] == 3
+    assert len(timing["train_epoch_s"]) == 3 and len(timing["valid_s"]) == 3
+    assert all(t > 0 for t in timing["train_epoch_s"] + timing["valid_s"]) and timing["test_s"] > 0
