@@ -10,8 +10,9 @@ side-by-side comparisons (absolute seconds on a shared CPU are upper bounds):
 Reported per batch: RecBole's loader vs the device loader (fetch + copy to the device); the
 training step (forward, backward, optimiser) for each combination of {one forward per task,
 packed tasks} x {random batches, length-grouped batches}; the share of history-token slots that
-are padding in random vs grouped batches (over a whole epoch); and the estimated epoch time of
-the old path (RecBole loader, one forward per task, random batches) vs the new one.
+are padding in random vs grouped batches (over a whole epoch); the estimated epoch time of
+the old path (RecBole loader, one forward per task, random batches) vs the new one; and, on
+CUDA, the host syncs per training step with the source lines that make them.
 """
 import argparse
 import copy
@@ -67,6 +68,30 @@ def step_seconds(trainer, batches, n, device):
     return (time.perf_counter() - start) / n
 
 
+def host_syncs_per_step(trainer, batches, device):
+    """CUDA only: ``(syncs per step, {source line: count})`` of the device-to-host syncs that
+    training steps make (each stalls the CPU until the GPU catches up), from torch's sync debug
+    mode over the steps of ``batches``."""
+    import collections
+    import warnings
+
+    trainer.train_step(batches[0])
+    sync(device)
+    where = collections.Counter()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for batch in batches[1:]:
+                trainer.train_step(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            where[f"{os.path.relpath(w.filename)}:{w.lineno}"] += 1
+    return sum(where.values()) / max(1, len(batches) - 1), dict(where.most_common(10))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="MACRec")
@@ -116,6 +141,12 @@ def main(argv=None):
             compute[name] = step_seconds(trainer, batches[order], n, device)
             print(f"{name}: {compute[name]:.3f} s/step", flush=True)
     report["compute_s_per_batch"] = compute
+    if device.type == "cuda":   # the new path (packed, grouped), on the model as trained above
+        try:
+            per_step, where = host_syncs_per_step(trainer, batches["grouped"][:4], device)
+            report["host_syncs_per_step"], report["host_sync_sources"] = per_step, where
+        except RuntimeError as err:   # keep the timings even if the debug mode is unavailable
+            report["host_syncs_error"] = repr(err)
     old = report["data_s_per_batch"]["recbole_loader"] + compute["per_task_random"]
     new = report["data_s_per_batch"]["device_loader"] + compute["packed_grouped"]
     report["epoch_s_estimate"] = {"old": old * len(train_data), "new": new * len(train_data)}

@@ -136,17 +136,19 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         """``[..., L]`` tokens of item ids ``[...]`` in ``view``."""
         return getattr(self, f"_tokens_{view}")[items]
 
-    def history_source(self, view, item_seq, item_len, task):
+    def history_source(self, view, item_seq, item_len, task, max_len=None):
         """Source ``[B, S]`` and mask: prompt, the history's tokens (oldest first), eos, padding.
 
         ``item_seq [B, T]`` is RecBole's left-aligned, zero-padded history; ``S`` is cut to the
-        batch's own longest history."""
+        batch's own longest history (``max_len``, when the caller knows it: reading it from the
+        device costs a host sync)."""
         B, T = item_seq.shape
         L = self.vocab.num_levels(view)
         flat = self.item_tokens(view, item_seq).view(B, T * L)
         src = torch.cat([flat.new_full((B, 1), self.vocab.task_ids[task]), flat, flat.new_zeros(B, 1)], 1)
         src.scatter_(1, (1 + item_len * L).long().view(-1, 1), EOS)
-        src = src[:, : 2 + int(item_len.max()) * L]
+        max_len = int(item_len.max()) if max_len is None else max_len
+        src = src[:, : 2 + max_len * L]
         return src, src.ne(PAD)
 
     def item_source(self, view, items, task):
@@ -161,14 +163,15 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         tok = self.item_tokens(view, items)
         return torch.cat([tok, tok.new_full((tok.shape[0], 1), EOS)], 1)
 
-    def task_batch(self, task, interaction):
-        """``(source, mask, target)`` of ``task`` for a RecBole batch."""
+    def task_batch(self, task, interaction, max_len=None):
+        """``(source, mask, target)`` of ``task`` for a RecBole batch (``max_len``: its longest
+        history, if known)."""
         src_view, kind, tgt_view = TASKS[task]
         src_view, tgt_view = self.views[src_view], self.views[tgt_view]
         target_items = interaction[self.POS_ITEM_ID]
         if kind == "seq":
             src, mask = self.history_source(src_view, interaction[self.ITEM_SEQ],
-                                            interaction[self.ITEM_SEQ_LEN], task)
+                                            interaction[self.ITEM_SEQ_LEN], task, max_len)
         else:
             src, mask = self.item_source(src_view, target_items, task)
         return src, mask, self.target_tokens(tgt_view, target_items)
@@ -199,8 +202,9 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         """``{task: weighted loss}`` for the configured tasks."""
         losses = {}
         tasks = [task for task in self.tasks if self.task_weights[task] != 0]
+        max_len = int(interaction[self.ITEM_SEQ_LEN].max())   # one host sync for all history tasks
         for group in self.task_groups(tasks):
-            means = self.seq2seq_losses([self.task_batch(task, interaction) for task in group])
+            means = self.seq2seq_losses([self.task_batch(task, interaction, max_len) for task in group])
             for task, loss in zip(group, means):
                 losses[task] = self.task_weights[task] * loss
         return losses

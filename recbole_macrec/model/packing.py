@@ -15,8 +15,10 @@ def pad_cat(tensors, value):
 def segment_token_means(token_loss, valid, sizes):
     """Mean of ``token_loss [N, T]`` over ``valid`` tokens, per consecutive block of ``sizes`` rows
     (``sum(sizes) == N``): ``[len(sizes)]``."""
+    # output_size: the result's length is known on the host, so no device-to-host sync
     segment = torch.repeat_interleave(torch.arange(len(sizes), device=token_loss.device),
-                                      torch.as_tensor(sizes, device=token_loss.device))
+                                      torch.as_tensor(sizes, device=token_loss.device),
+                                      output_size=int(sum(sizes)))
     valid = valid.to(token_loss.dtype)
     totals = token_loss.new_zeros(len(sizes)).index_add_(0, segment, (token_loss * valid).sum(1))
     counts = valid.new_zeros(len(sizes)).index_add_(0, segment, valid.sum(1))
