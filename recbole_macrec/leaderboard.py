@@ -2,7 +2,7 @@
 
     python -m recbole_macrec.leaderboard --dataset=ml-100k --models=MACRec,TIGER,MQL4GRec,SASRec,BERT4Rec \\
         [--seeds=3] [--config_files="a.yaml b.yaml"] [--preset=ablation] [--rerun] [--out=results/ml-100k]
-    python -m recbole_macrec.leaderboard --dataset=Instruments --ingest=DIR   # add finished run jsons
+    python -m recbole_macrec.leaderboard --dataset=Instruments --ingest OUT/runs.tgz   # add finished runs
     python -m recbole_macrec.leaderboard --readme                          # README results from files
 
 Each finished run is saved at once under ``<out>/runs/`` (json + per-user ranks), so an
@@ -295,18 +295,47 @@ def write_outputs(out_dir, dataset, runs):
     return rows
 
 
+def json_files(paths, scratch):
+    """The json files among ``paths``: files as given, a folder's ``*.json``, and the ``*.json`` of
+    a tar archive (``.tgz``, ``.tar.gz``, ``.tar``; extracted under ``scratch``)."""
+    import tarfile
+
+    files = []
+    for i, path in enumerate(map(str, paths)):
+        if path.endswith((".tgz", ".tar.gz", ".tar")):
+            folder = os.path.join(scratch, str(i))
+            with tarfile.open(path) as archive:
+                archive.extractall(folder, filter="data")
+            files += sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
+        elif os.path.isdir(path):
+            files += sorted(glob.glob(os.path.join(path, "*.json")))
+        else:
+            files.append(path)
+    return files
+
+
 def ingest(paths, runs_dir):
-    """Copy finished run jsons (e.g. from a GPU machine) into ``runs_dir``; the label gets the
-    epoch count so that runs of one model with different budgets stay apart."""
-    for path in paths:
-        with open(path) as f:
-            run = json.load(f)
-        run.setdefault("label", run["model"])
-        target = os.path.join(runs_dir, f"{slug(run['label'])}-e{run['epochs']}-seed{run['seed']}.json")
-        shutil.copyfile(path, target)
-        ranks = path[: -len(".json")] + ".ranks.npz"
-        if os.path.isfile(ranks):
-            shutil.copyfile(ranks, target[: -len(".json")] + ".ranks.npz")
+    """Copy finished run jsons (files, folders or tar archives from a GPU machine) into
+    ``runs_dir``; the label gets the epoch count so that runs of one model with different budgets
+    stay apart. Other jsons (profiles, benchmarks) are reported and left out. Returns the targets."""
+    logger = getLogger()
+    targets = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for path in json_files(paths, scratch):
+            with open(path) as f:
+                run = json.load(f)
+            if not isinstance(run, dict) or "test_result" not in run:
+                logger.warning(f"{path}: not a run result (no test_result): not ingested")
+                continue
+            run.setdefault("label", run["model"])
+            target = os.path.join(runs_dir, f"{slug(run['label'])}-e{run['epochs']}-seed{run['seed']}.json")
+            shutil.copyfile(path, target)
+            ranks = path[: -len(".json")] + ".ranks.npz"
+            if os.path.isfile(ranks):
+                shutil.copyfile(ranks, target[: -len(".json")] + ".ranks.npz")
+            logger.info(f"ingested {path} -> {target}")
+            targets.append(target)
+    return targets
 
 
 def update_readme(readme=PROJECT_ROOT / "README.md", results_root=PROJECT_ROOT / "results"):
@@ -330,7 +359,8 @@ def main(argv=None):
     parser.add_argument("--preset", default=None, choices=["ablation"])
     parser.add_argument("--rerun", action="store_true", help="redo finished runs")
     parser.add_argument("--out", default=None, help="default: results/<dataset>")
-    parser.add_argument("--ingest", nargs="*", default=None, help="run json files to add")
+    parser.add_argument("--ingest", nargs="*", default=None,
+                        help="run jsons to add: files, folders, or tar archives (.tgz) from a GPU run")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's results block")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every run, e.g. epochs=5")

@@ -89,3 +89,27 @@ def test_readme_block_is_regenerated_from_result_files(tmp_path):
     leaderboard.update_readme(readme, tmp_path / "results")
     text = readme.read_text()
     assert "### toy" in text and "old" not in text and text.startswith("intro") and text.endswith("outro\n")
+
+
+def test_ingest_takes_a_tar_archive_and_leaves_out_non_run_jsons(tmp_path, caplog):
+    import tarfile
+
+    import numpy as np
+
+    made = tmp_path / "made"
+    made.mkdir()
+    run = {"model": "MACRec", "epochs": 40, "seed": 2020, "wall_time_s": 1.0, "machine": "NVIDIA H200 (CUDA)",
+           "test_result": {m: 0.1 for m in leaderboard.METRICS}}
+    (made / "MACRec-Instruments-1.json").write_text(json.dumps(run))
+    np.savez_compressed(made / "MACRec-Instruments-1.ranks.npz", users=np.array(["u1"]), rank=np.array([1]))
+    (made / "profile_MACRec_Instruments.json").write_text(json.dumps({"model": "MACRec", "speedup": 3.0}))
+    archive = tmp_path / "runs.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(made, arcname=".")
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    targets = leaderboard.ingest([archive], runs_dir)
+    assert [os.path.basename(t) for t in targets] == ["MACRec-e40-seed2020.json"]
+    assert (runs_dir / "MACRec-e40-seed2020.ranks.npz").is_file()
+    assert sorted(os.listdir(runs_dir)) == ["MACRec-e40-seed2020.json", "MACRec-e40-seed2020.ranks.npz"]
+    assert "profile_MACRec_Instruments.json: not a run result" in caplog.text

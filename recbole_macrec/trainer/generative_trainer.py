@@ -96,6 +96,7 @@ class GenerativeTrainer(Trainer):
         self.epochs = self.config["epochs"] = epochs
         if validates:
             self.eval_step = self.config["eval_step"] = eval_step
+        self.budget_plan["eval_step"] = self.eval_step
 
     def probe_step_seconds(self, batches):
         """Mean wall seconds of a training step over ``PROBE_STEPS`` steps of ``batches`` (after
