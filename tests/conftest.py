@@ -127,3 +127,16 @@ def assert_training_lowers_loss(model, batch, steps=15, factor=0.8):
         model.calculate_loss(batch).backward()
         optimizer.step()
     assert float(model.calculate_loss(batch)) < first * factor
+
+
+def without_cache_deprecation(fn, *args):
+    """``fn(*args)``, failing if transformers warns that the KV-cache argument's name is deprecated
+    (``past_key_values`` is removed in transformers 5.40)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args)
+    deprecated = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    assert not deprecated, deprecated
+    return out

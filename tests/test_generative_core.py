@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, write_codes
+from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, without_cache_deprecation, write_codes
 from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
 
@@ -75,7 +75,7 @@ def test_beam_search_equals_brute_force_when_beam_covers_catalogue(tiger):
     model, _, data = tiger
     batch = _batch(data, 6)
     model.beam_size = model.n_items  # 31 >= 30 items: the search is exhaustive
-    items, scores = model.beam_search(batch, "text")
+    items, scores = without_cache_deprecation(model.beam_search, batch, "text")
     exact = _brute_force(model, batch)
     order = exact.argsort(dim=1, descending=True) + 1
     assert torch.equal(items[:, :30], order)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, write_codes
+from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, without_cache_deprecation, write_codes
 from recbole_macrec.model.lcrec import IGNORE, WordVocab, concat_prompt_target, left_pad
 
 TINY_LM = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -107,7 +107,7 @@ def test_decoder_only_beam_search_equals_brute_force(lcrec):
     assert len(set(batch["item_length"].tolist())) > 1  # left padding is exercised
     model.beam_size = model.n_items
     with torch.no_grad():
-        items, scores = model.beam_search(batch)
+        items, scores = without_cache_deprecation(model.beam_search, batch)
         exact = _brute_force(model, batch)
     assert torch.equal(items[:, :30], exact.argsort(dim=1, descending=True) + 1)
     torch.testing.assert_close(scores[:, :30], exact.sort(dim=1, descending=True).values, atol=1e-5, rtol=0)

@@ -5,10 +5,21 @@ Python trie and no per-beam callback: at level ``l`` a beam's prefix id selects 
 ``allowed[l]`` (which codes may follow) and ``child[l]`` (the prefix id, or at the last level the
 item id, they lead to). Every step is a handful of batched tensor operations on the device.
 """
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def cached_forward(model, cache, **inputs):
+    """``(output, kv_cache)`` of ``model(**inputs)`` run with the KV ``cache`` (None on the first
+    step), under whichever name this transformers version uses: ``cache`` (newer 5.x releases,
+    which deprecate ``past_key_values`` for removal in 5.40) or ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft wrappers
+    name = "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    out = model(**inputs, **{name: cache}, use_cache=True, return_dict=True)
+    return out, getattr(out, name)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
+from recbole_macrec.model.beam_search import CodeTrie, cached_forward, constrained_beam_search, scores_to_matrix
 from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
 
@@ -45,9 +45,9 @@ def t5_beam_step(t5, src, mask, beam_size):
                 state["enc"] = state["enc"].repeat_interleave(beam_size, 0)
                 state["mask"] = state["mask"].repeat_interleave(beam_size, 0)
             state["cache"].reorder_cache(reorder)
-        out = t5(encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]), attention_mask=state["mask"],
-                 decoder_input_ids=tokens, past_key_values=state["cache"], use_cache=True, return_dict=True)
-        state["cache"] = out.past_key_values
+        out, state["cache"] = cached_forward(
+            t5, state["cache"], encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]),
+            attention_mask=state["mask"], decoder_input_ids=tokens)
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
     return step

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
+from recbole_macrec.model.beam_search import CodeTrie, cached_forward, constrained_beam_search, scores_to_matrix
 from recbole_macrec.model.generative import SemanticIdModelMixin
 from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import SemanticIdVocab
@@ -278,16 +278,15 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
 
         def step(tokens, reorder):
             if tokens is None:
-                out = self.lm(input_ids=ids, attention_mask=state["mask"], position_ids=state["pos"],
-                              use_cache=True)
+                out, state["cache"] = cached_forward(self.lm, None, input_ids=ids, attention_mask=state["mask"],
+                                                     position_ids=state["pos"])
             else:
                 state["cache"].reorder_cache(reorder)
                 state["mask"] = torch.cat([state["mask"][reorder], state["mask"].new_ones(len(reorder), 1)], 1)
                 pos = state["pos"][reorder][:, -1:] + 1
                 state["pos"] = torch.cat([state["pos"][reorder], pos], 1)
-                out = self.lm(input_ids=tokens, attention_mask=state["mask"], position_ids=pos,
-                              past_key_values=state["cache"], use_cache=True)
-            state["cache"] = out.past_key_values
+                out, state["cache"] = cached_forward(self.lm, state["cache"], input_ids=tokens,
+                                                     attention_mask=state["mask"], position_ids=pos)
             return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
         return constrained_beam_search(step, B, self.trie(), K)
