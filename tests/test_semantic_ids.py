@@ -67,6 +67,29 @@ def test_cached_result_is_reused_and_stale_result_recomputed(tiny_dataset):
     assert read_report(folder)["input_hash"] != old_hash
 
 
+def test_first_run_loads_the_dataset_once_for_both_views_and_the_codes(tiny_dataset, monkeypatch):
+    import recbole.data.dataset as recbole_dataset
+
+    from recbole_macrec.data import default_views
+
+    built = []
+
+    class CountingDataset(recbole_dataset.Dataset):
+        def __init__(self, config):
+            built.append(config["data_path"])
+            super().__init__(config)
+
+    monkeypatch.setattr(recbole_dataset, "Dataset", CountingDataset)
+    default_views._last_catalogue.clear()
+    build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)   # computes text + collab
+    assert len(built) == 1
+    # changed data files are a new catalogue, even under the same config
+    with open(tiny_dataset / "tiny" / "tiny.inter", "a") as f:
+        f.write("u0\ti3\t99999\n")
+    items, pairs, _ = default_views.catalogue_and_train_pairs(_config(tiny_dataset))
+    assert len(built) == 2 and len(items) == 30
+
+
 def test_failed_run_keeps_previous_output(tiny_dataset):
     folder = build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)
     before = read_report(folder)

@@ -15,16 +15,39 @@ from recbole_macrec.data.atomic import atomic_path, read_atomic
 from recbole_macrec.data.item_views import ItemViewError
 
 
+_last_catalogue = {}   # {key: result}: the views and the pre-stage of one run share one dataset load
+
+
+def _catalogue_key(config):
+    """The config (every setting can change RecBole's filtering and split) and the atomic files'
+    size and modification time."""
+    import os
+
+    stats = []
+    for suffix in ("inter", "item", "user"):
+        path = atomic_path(config["data_path"], config["dataset"], suffix)
+        if os.path.isfile(path):
+            st = os.stat(path)
+            stats.append((suffix, st.st_size, st.st_mtime_ns))
+    return repr(sorted(config.final_config_dict.items())), tuple(stats)
+
+
 def catalogue_and_train_pairs(config):
-    """RecBole's item catalogue (raw tokens, internal-id order) and the training (user, item) pairs."""
+    """RecBole's item catalogue (raw tokens, internal-id order), the training (user, item) pairs
+    and the number of users; built once per config and data files, however many views ask."""
     from recbole.data.dataset import Dataset
 
-    dataset = Dataset(config)
-    iid, uid = config["ITEM_ID_FIELD"], config["USER_ID_FIELD"]
-    items = list(dataset.field2id_token[iid][1:])
-    train = dataset.build()[0]
-    pairs = np.stack([train.inter_feat[uid].numpy(), train.inter_feat[iid].numpy() - 1], axis=1)
-    return items, pairs, dataset.user_num
+    key = _catalogue_key(config)
+    if key not in _last_catalogue:
+        dataset = Dataset(config)
+        iid, uid = config["ITEM_ID_FIELD"], config["USER_ID_FIELD"]
+        items = list(dataset.field2id_token[iid][1:])
+        train = dataset.build()[0]
+        pairs = np.stack([train.inter_feat[uid].numpy(), train.inter_feat[iid].numpy() - 1], axis=1)
+        _last_catalogue.clear()
+        _last_catalogue[key] = (items, pairs, dataset.user_num)
+    items, pairs, n_users = _last_catalogue[key]
+    return list(items), pairs.copy(), n_users
 
 
 def collab_view(config, dim=64):
