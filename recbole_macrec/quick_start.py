@@ -190,7 +190,7 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         "label": config["run_label"] or getattr(model_obj, "label", config["model"]),
         "dataset": config["dataset"],
         "seed": config["seed"],
-        "epochs": config["epochs"],
+        "epochs": trainer.epochs,   # as trained: memory-based models run 1, budgets plan their own
         "epochs_run": len(trainer.train_loss_dict),
         "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],

@@ -47,3 +47,10 @@ def test_builtin_sequential_models_run_end_to_end(tiny_dataset, model):
     for k in (1, 5, 10, 20):
         hit = ((ranks["rank"] > 0) & (ranks["rank"] <= k)).mean()
         assert hit == pytest.approx(result["test_result"][f"hit@{k}"], abs=1e-4)
+
+
+def test_run_json_records_the_epochs_actually_trained(tiny_dataset):
+    """Memory-based models (Pop) train one epoch whatever ``epochs`` says; the json must say 1."""
+    result = run_recbole("Pop", "tiny", config_dict=tiny_config_dict(tiny_dataset, epochs=5))
+    saved = json.loads(open(result["result_file"]).read())
+    assert saved["epochs"] == saved["epochs_run"] == 1
