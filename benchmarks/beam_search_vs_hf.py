@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search  # noqa: E402
 from recbole_macrec.model.generative import t5_beam_step  # noqa: E402
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab  # noqa: E402
+from recbole_macrec.utils import synchronize  # noqa: E402
 
 DEFAULT_CODES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                              "shared", "data", "Instruments", "Instruments.index_lemb.json")
@@ -112,14 +113,12 @@ def main(argv=None):
 
     def timed(fn):
         results = []
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(args.device)
         start = time.perf_counter()
         with torch.no_grad():
             for b in range(0, args.users, args.batch):
                 results.append(fn(src[b:b + args.batch], mask[b:b + args.batch]))
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(args.device)
         return results, time.perf_counter() - start
 
     ours(t5, trie, src[:2], mask[:2], args.beam)  # warm-up

@@ -28,22 +28,18 @@ from recbole_macrec.data.device_loader import LengthGroupedLoader  # noqa: E402
 from recbole_macrec.leaderboard import parse_overrides  # noqa: E402
 from recbole_macrec.quick_start import build_run, machine_description  # noqa: E402
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from recbole_macrec.utils import synchronize  # noqa: E402
 
 
 def seconds_per_batch(batches, device, n):
     """Mean seconds to draw a batch and have it on the device (first draw excluded)."""
     iterator = iter(batches)
     next(iterator).to(device)
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(n):
         next(iterator).to(device)
-    sync(device)
+    synchronize(device)
     return (time.perf_counter() - start) / n
 
 
@@ -60,11 +56,11 @@ def padding_share(loader, field):
 def step_seconds(trainer, batches, n, device):
     """Mean seconds of one training step over ``n`` batches (one warm-up step excluded)."""
     trainer.train_step(batches[0])
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for batch in batches[1:n + 1]:
         trainer.train_step(batch)
-    sync(device)
+    synchronize(device)
     return (time.perf_counter() - start) / n
 
 
@@ -76,7 +72,7 @@ def host_syncs_per_step(trainer, batches, device):
     import warnings
 
     trainer.train_step(batches[0])
-    sync(device)
+    synchronize(device)
     where = collections.Counter()
     torch.cuda.set_sync_debug_mode("warn")
     try:
@@ -113,7 +109,7 @@ def main(argv=None):
     start = time.perf_counter()
     grouped_loader = LengthGroupedLoader(train_data, device, field, group=group, seed=config["seed"])
     random_loader = LengthGroupedLoader(train_data, device, field, group=1, seed=config["seed"])
-    sync(device)
+    synchronize(device)
     setup_s = time.perf_counter() - start
 
     report = {"model": args.model, "dataset": args.dataset, "machine": machine_description(),

@@ -14,7 +14,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_macrec.config import Config
-from recbole_macrec.utils import get_model, get_trainer
+from recbole_macrec.utils import get_model, get_trainer, synchronize
 
 
 def machine_description():
@@ -99,21 +99,17 @@ class PhaseTimer:
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             out = fn(*args, **kwargs)
-            self.synchronize()
+            synchronize(self.trainer.device)
             seconds.append(round(time.perf_counter() - start, 3))
             return out
 
         return wrapper
 
-    def synchronize(self):
-        if getattr(self.trainer, "device", torch.device("cpu")).type == "cuda":
-            torch.cuda.synchronize()
-
     def test(self, evaluate):
         """Run ``evaluate()`` (the test pass), timing it; returns its result."""
         start = time.perf_counter()
         result = evaluate()
-        self.synchronize()
+        synchronize(self.trainer.device)
         self.test_s = round(time.perf_counter() - start, 3)
         return result
 

@@ -1,4 +1,5 @@
-"""Model and trainer lookup: the plugin's own models first, then RecBole's built-ins."""
+"""Model and trainer lookup (the plugin's own models first, then RecBole's built-ins), and the
+device clock helper shared by the trainer, the runner's timings and the benchmarks."""
 import importlib
 import pkgutil
 from pathlib import Path
@@ -78,3 +79,12 @@ def get_trainer(model_type, model_name):
     from recbole.utils import get_trainer as recbole_get_trainer
 
     return recbole_get_trainer(model_type, model_name)
+
+
+def synchronize(device):
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a clock read after it
+    includes that work; a no-op on the CPU."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

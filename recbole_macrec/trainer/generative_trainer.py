@@ -1,5 +1,6 @@
 """RecBole trainer for the generative models: AdamW, cosine schedule with warm-up, gradient
 clipping, bf16 autocast on CUDA, and an optional training-time budget."""
+import contextlib
 import copy
 import math
 import random
@@ -14,6 +15,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_macrec.data.device_loader import LengthGroupedLoader, device_loader_applies
+from recbole_macrec.utils import synchronize
 
 
 def cosine_with_warmup(warmup_steps, total_steps):
@@ -100,44 +102,48 @@ class GenerativeTrainer(Trainer):
 
     def probe_step_seconds(self, batches):
         """Mean wall seconds of a training step over ``PROBE_STEPS`` steps of ``batches`` (after
-        ``PROBE_WARMUP_STEPS`` untimed ones); every state the steps touch is restored."""
+        ``PROBE_WARMUP_STEPS`` untimed ones), leaving no trace of them."""
+        with self.state_restored(batches):
+            self.model.train()
+            timed, start = 0, None
+            for i, interaction in enumerate(batches):
+                if i == PROBE_WARMUP_STEPS:
+                    synchronize(self.device)
+                    start = time.perf_counter()
+                if i == PROBE_WARMUP_STEPS + PROBE_STEPS:
+                    break
+                self.train_step(interaction.to(self.device))
+                timed += i >= PROBE_WARMUP_STEPS
+            synchronize(self.device)
+            if not timed:   # an epoch shorter than the warm-up: time its last step instead
+                start = time.perf_counter()
+                self.train_step(interaction.to(self.device))
+                synchronize(self.device)
+                timed = 1
+            return (time.perf_counter() - start) / timed
+
+    @contextlib.contextmanager
+    def state_restored(self, batches):
+        """Restore on exit all that training steps change: weights, optimiser state, the RNGs
+        (dropout) and the batch order of ``batches``."""
         model_state = copy.deepcopy(self.model.state_dict())
         optimizer_state = copy.deepcopy(self.optimizer.state_dict())
-        rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-               np.random.get_state(), random.getstate())
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
         generator = getattr(batches, "generator", None)
         order_state = generator.get_state() if generator is not None else None
-        self.model.train()
-        timed, start = 0, None
-        for i, interaction in enumerate(batches):
-            if i == PROBE_WARMUP_STEPS:
-                self._synchronize()
-                start = time.perf_counter()
-            if i == PROBE_WARMUP_STEPS + PROBE_STEPS:
-                break
-            self.train_step(interaction.to(self.device))
-            timed += i >= PROBE_WARMUP_STEPS
-        self._synchronize()
-        if not timed:   # an epoch shorter than the warm-up: time its last step instead
-            start = time.perf_counter()
-            self.train_step(interaction.to(self.device))
-            self._synchronize()
-            timed = 1
-        seconds = (time.perf_counter() - start) / timed
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optimizer_state)
-        torch.set_rng_state(rng[0])
-        if rng[1] is not None:
-            torch.cuda.set_rng_state_all(rng[1])
-        np.random.set_state(rng[2])
-        random.setstate(rng[3])
-        if generator is not None:
-            generator.set_state(order_state)
-        return seconds
-
-    def _synchronize(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(optimizer_state)
+            torch.set_rng_state(rng[0])
+            np.random.set_state(rng[1])
+            random.setstate(rng[2])
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            if generator is not None:
+                generator.set_state(order_state)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
