@@ -157,3 +157,41 @@ def test_kmeans_is_seeded_and_stable():
 def test_codebook_larger_than_catalogue_is_an_error():
     with pytest.raises(ValueError, match="sid_codebook_size=64 exceeds the 40 items"):
         train_quantizers(_tiny_views(), "rqvae", _tiny_params(codebook_size=64), seed=0, show_progress=False)
+
+
+def test_restart_moves_only_unused_codewords_and_clears_their_moments():
+    from recbole_macrec.quantization.rqvae import ResidualQuantizer
+
+    rq = ResidualQuantizer(num_levels=2, codebook_size=4, e_dim=3)
+    optimizer = torch.optim.AdamW(rq.parameters(), lr=0.1)
+    rq.codebooks[0].sum().backward()
+    rq.codebooks[1].sum().backward()
+    optimizer.step()
+    before = [b.detach().clone() for b in rq.codebooks]
+    codes = torch.tensor([[0, 0], [1, 1], [1, 2], [0, 3]])       # level 0 uses {0, 1}; level 1 all four
+    residuals = torch.arange(2 * 4 * 3, dtype=torch.float).view(2, 4, 3) + 100
+    moved = rq.restart_dead_codes(residuals, codes, torch.Generator().manual_seed(0), optimizer)
+    assert moved == [2, 0]
+    book = rq.codebooks[0].detach()
+    assert torch.equal(book[:2], before[0][:2]) and torch.equal(rq.codebooks[1].detach(), before[1])
+    for row in book[2:]:   # each dead codeword now sits on some item's level-0 residual
+        assert any(torch.equal(row, r) for r in residuals[0])
+    state = optimizer.state[rq.codebooks[0]]
+    assert (state["exp_avg"][2:] == 0).all() and (state["exp_avg_sq"][2:] == 0).all()
+    assert (state["exp_avg"][:2] != 0).all()
+
+
+def test_dead_code_restart_prevents_a_collapsed_first_level():
+    """Small-scale inputs (as TF-IDF views are) collapse the released RQ-VAE onto a few level-0
+    codes; restarting unused codewords keeps every code in use and lowers the collisions."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(40, 16))
+    x = (centers[rng.integers(0, 40, 400)] + 0.3 * rng.normal(size=(400, 16))).astype(np.float32) * 0.02
+    result = {}
+    for restart in (False, True):
+        params = QuantizerParams(num_levels=3, codebook_size=16, e_dim=8, encoder_layers=(32,), epochs=40,
+                                 batch_size=128, con_weights=(0, 0, 0), dead_code_restart=restart)
+        best = train_quantizers({"v": x}, "rqvae", params, 1, "cpu", show_progress=False)["v"]
+        result[restart] = (best.rate, len(np.unique(best.codes[:, 0])))
+    assert result[True][1] == 16 and result[False][1] < 16
+    assert result[True][0] < result[False][0] - 0.2

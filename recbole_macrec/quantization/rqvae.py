@@ -62,6 +62,29 @@ class ResidualQuantizer(nn.Module):
             book.data.copy_(torch.from_numpy(centroids).to(book))
             residual = residual - book[torch.cdist(residual, book).argmin(dim=1)]
 
+    @torch.no_grad()
+    def restart_dead_codes(self, residuals, codes, generator, optimizer=None):
+        """Move every codeword that no item uses (``codes [N, L]``, all items) onto the residual
+        entering its level (``residuals [L, N, d]``) of a random item, and clear its optimiser
+        moments. Without this a codeword that k-means placed where the encoder's outputs no longer
+        go stays unused for good, and a level can collapse onto a few codes. Returns the number of
+        codewords moved per level."""
+        moved = []
+        for level, book in enumerate(self.codebooks):
+            used = torch.zeros(book.shape[0], dtype=torch.bool, device=book.device)
+            used[codes[:, level]] = True
+            dead = (~used).nonzero().flatten()
+            if len(dead):
+                pick = torch.randint(0, residuals.shape[1], (len(dead),), generator=generator,
+                                     device=generator.device).to(book.device)
+                book.data[dead] = residuals[level, pick].to(book.dtype)
+                state = optimizer.state.get(book, {}) if optimizer is not None else {}
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    if moment in state:
+                        state[moment][dead] = 0
+            moved.append(len(dead))
+        return moved
+
     def assign(self, residual, level, balanced=None):
         """Codes ``[B]`` and squared distances ``[B, M]`` of ``residual`` at ``level``."""
         book = self.codebooks[level]

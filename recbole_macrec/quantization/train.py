@@ -40,6 +40,7 @@ class QuantizerParams:
     sinkhorn_epsilon: float = 0.003
     sinkhorn_iters: int = 50
     collision: str = "reassign"
+    dead_code_restart: bool = True
 
     @classmethod
     def from_config(cls, config):
@@ -79,14 +80,16 @@ def _build(views, params, method, device):
 
 @torch.no_grad()
 def encode_all(model, x, batch_size):
-    """Codes ``[N, L]`` and distances ``[L, N, M]`` for every row of ``x``."""
+    """Codes ``[N, L]``, distances ``[L, N, M]`` and level input residuals ``[L, N, d]`` (tensors
+    on ``x``'s device) for every row of ``x``."""
     model.eval()
-    codes, dists = [], []
+    codes, dists, residuals = [], [], []
     for start in range(0, len(x), batch_size):
-        _, code, _, dist, _ = model.quantizer(model.encoder(x[start:start + batch_size]))
+        _, code, residual, dist, _ = model.quantizer(model.encoder(x[start:start + batch_size]))
         codes.append(code)
         dists.append(dist)
-    return torch.cat(codes).cpu().numpy(), torch.cat(dists, dim=1).cpu().numpy()
+        residuals.append(residual)
+    return torch.cat(codes), torch.cat(dists, dim=1), torch.cat(residuals, dim=1)
 
 
 def batch_loss(models, outputs, labels, idx, params, method, generator):
@@ -153,13 +156,19 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
                 totals[k] = totals.get(k, 0.0) + v.item() * len(idx) / n_items
         rates = {}
         for name, model in models.items():
-            codes, dists = encode_all(model, x[name], params.batch_size)
-            rates[name] = collision_rate(codes)
-            history[name].append({"epoch": epoch, "collision_rate": rates[name],
-                                  **{k: v for k, v in totals.items() if k.startswith(name + "/")}})
+            codes, dists, residuals = encode_all(model, x[name], params.batch_size)
+            codes_np = codes.cpu().numpy()
+            rates[name] = collision_rate(codes_np)
+            entry = {"epoch": epoch, "collision_rate": rates[name],
+                     **{k: v for k, v in totals.items() if k.startswith(name + "/")}}
             if name not in best or rates[name] < best[name].rate:
-                best[name] = ViewCodes(codes, dists[-1], dists[max(len(dists) - 2, 0)], epoch,
+                dists = dists.cpu().numpy()
+                best[name] = ViewCodes(codes_np, dists[-1], dists[max(len(dists) - 2, 0)], epoch,
                                        rates[name])
+            if params.dead_code_restart and epoch < params.epochs - 1:
+                entry["dead_codes_restarted"] = model.quantizer.restart_dead_codes(
+                    residuals, codes, generator, optimizer)
+            history[name].append(entry)
         epochs.set_postfix_str(" ".join(f"{k}={v:.4f}" for k, v in rates.items()))
         logger.info(f"pre-stage epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in totals.items())
                     + " | collision " + ", ".join(f"{k}={v:.4f}" for k, v in rates.items()))
