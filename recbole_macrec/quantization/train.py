@@ -40,7 +40,7 @@ class QuantizerParams:
     sinkhorn_epsilon: float = 0.003
     sinkhorn_iters: int = 50
     collision: str = "reassign"
-    dead_code_restart: bool = True
+    dead_code_restart: bool = False
 
     @classmethod
     def from_config(cls, config):
