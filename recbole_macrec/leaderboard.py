@@ -159,8 +159,6 @@ def per_user_metric(run, metric=KEY_METRIC):
 def significance(runs, rows, metric=KEY_METRIC):
     """Paired tests of the best row against the runner-up on per-user ``metric`` (averaged over
     seeds, users matched by token): t-test and Wilcoxon signed-rank."""
-    from scipy import stats
-
     if len(rows) < 2:
         return None
     return paired_test(runs, rows[0], rows[1], metric)
