@@ -256,9 +256,11 @@ def embed_images(items, image_paths, encoder_path, cache_path, device="cpu", bat
     """``[n, d]`` CLIP image embeddings (the vision tower's projected output)."""
     import torch
     from PIL import Image
-    from transformers import AutoImageProcessor, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    processor = AutoImageProcessor.from_pretrained(encoder_path, local_files_only=True)
+    # not AutoImageProcessor: in transformers 5.17 it demands torchvision, while CLIPImageProcessor
+    # falls back to its PIL implementation
+    processor = CLIPImageProcessor.from_pretrained(encoder_path, local_files_only=True)
     model = CLIPVisionModelWithProjection.from_pretrained(encoder_path, local_files_only=True).to(device).eval()
 
     def encode(batch):
