@@ -54,3 +54,18 @@ def test_run_json_records_the_epochs_actually_trained(tiny_dataset):
     result = run_recbole("Pop", "tiny", config_dict=tiny_config_dict(tiny_dataset, epochs=5))
     saved = json.loads(open(result["result_file"]).read())
     assert saved["epochs"] == saved["epochs_run"] == 1
+
+
+def test_result_files_of_the_same_second_do_not_overwrite(workdir, monkeypatch):
+    from recbole_macrec import quick_start
+
+    monkeypatch.setattr(quick_start.time, "strftime", lambda fmt: "20261127-070000")
+    config = {"results_dir": str(workdir / "runs"), "model": "TIGER", "dataset": "tiny"}
+    ranks = (np.array([1, 2]), np.array([3, 0]))
+    first = quick_start.write_result_file(config, {"run": 1}, ranks)
+    second = quick_start.write_result_file(config, {"run": 2}, ranks)
+    assert first != second
+    assert [json.load(open(p))["run"] for p in (first, second)] == [1, 2]
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == [
+        "TIGER-tiny-20261127-070000-2.json", "TIGER-tiny-20261127-070000-2.ranks.npz",
+        "TIGER-tiny-20261127-070000.json", "TIGER-tiny-20261127-070000.ranks.npz"]
