@@ -61,3 +61,34 @@ def test_run_records_timing_and_budget(tiny_dataset):
     assert saved["epochs"] == saved["epochs_run"] == saved["train_budget"]["epochs"] == 3
     assert len(timing["train_epoch_s"]) == 3 and len(timing["valid_s"]) == 3
     assert all(t > 0 for t in timing["train_epoch_s"] + timing["valid_s"]) and timing["test_s"] > 0
+
+
+@pytest.mark.parametrize("batch_size", [64, 7])   # 184 rows: an epoch of 3 batches, one of 27
+def test_probe_times_a_representative_step(tiny_dataset, monkeypatch, batch_size):
+    """On a clock that a step advances by its batch's rows, the probe returns the mean rows of an
+    epoch's batch when the epoch is short (its small remainder batch counted once), and the rows
+    of full batches (at most one remainder among them) when it is long."""
+    from types import SimpleNamespace
+
+    from recbole_macrec.trainer import generative_trainer
+
+    write_codes(tiny_dataset / "tiny")
+    model, config, data = build_model("TIGER", tiny_dataset, train_batch_size=batch_size, gr_length_group=4)
+    trainer = GenerativeTrainer(config, model)
+    clock = [0.0]
+
+    def step(interaction, loss_func=None):
+        clock[0] += len(interaction)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(generative_trainer, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    batches = trainer.batches_of(data[0])
+    rows, steps = len(batches.data), len(batches)
+    assert rows % batch_size, "the epoch needs a remainder batch for this test"
+    probe = trainer.probe_step_seconds(batches)
+    if steps < generative_trainer.PROBE_WARMUP_STEPS + generative_trainer.PROBE_STEPS:
+        assert probe == pytest.approx(rows / steps)
+    else:
+        full = batch_size * generative_trainer.PROBE_STEPS
+        assert probe in (pytest.approx(batch_size), pytest.approx((full - batch_size + rows % batch_size)
+                                                                  / generative_trainer.PROBE_STEPS))

@@ -2,6 +2,7 @@
 clipping, bf16 autocast on CUDA, and an optional training-time budget."""
 import contextlib
 import copy
+import itertools
 import math
 import random
 import time
@@ -102,24 +103,22 @@ class GenerativeTrainer(Trainer):
 
     def probe_step_seconds(self, batches):
         """Mean wall seconds of a training step over ``PROBE_STEPS`` steps of ``batches`` (after
-        ``PROBE_WARMUP_STEPS`` untimed ones), leaving no trace of them."""
+        ``PROBE_WARMUP_STEPS`` untimed ones), leaving no trace of them. An epoch too short for both
+        is timed whole, from a fresh pass: its last batch is often a small remainder, and one step
+        alone would misjudge the epoch."""
         with self.state_restored(batches):
             self.model.train()
-            timed, start = 0, None
-            for i, interaction in enumerate(batches):
-                if i == PROBE_WARMUP_STEPS:
-                    synchronize(self.device)
-                    start = time.perf_counter()
-                if i == PROBE_WARMUP_STEPS + PROBE_STEPS:
-                    break
+            epoch = iter(batches)
+            for interaction in itertools.islice(epoch, PROBE_WARMUP_STEPS):
                 self.train_step(interaction.to(self.device))
-                timed += i >= PROBE_WARMUP_STEPS
+            timed = min(PROBE_STEPS, len(batches))
+            if len(batches) < PROBE_WARMUP_STEPS + PROBE_STEPS:
+                epoch = iter(batches)
             synchronize(self.device)
-            if not timed:   # an epoch shorter than the warm-up: time its last step instead
-                start = time.perf_counter()
+            start = time.perf_counter()
+            for interaction in itertools.islice(epoch, timed):
                 self.train_step(interaction.to(self.device))
-                synchronize(self.device)
-                timed = 1
+            synchronize(self.device)
             return (time.perf_counter() - start) / timed
 
     @contextlib.contextmanager
