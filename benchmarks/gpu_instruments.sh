@@ -9,10 +9,11 @@
 #                import the published IDs); benchmarks/README.md lists the download command
 #   .gpu_data/Instruments/   a copy of ../shared/data/Instruments
 #   bash benchmarks/gpu_instruments.sh OUT_DIR
+# (from another folder too: RecBole's dataset/, log/ and saved/ then go into that folder)
 # Every run writes its json (+ per-user ranks) as soon as it finishes; log.txt has everything.
-# BUNDLE=1 (for the device tool, which returns at most 8 files) keeps the run files in /tmp and
-# refreshes OUT_DIR/runs.tgz after every step, so OUT_DIR holds only log.txt,
-# gpu_utilisation.csv and runs.tgz. Add them to the leaderboard on the development machine with
+# BUNDLE=1 (for the device tool, which returns at most 8 files) keeps the run files in RUNS_DIR
+# (default /tmp/gpu_runs) and refreshes OUT_DIR/runs.tgz after every step, so OUT_DIR holds only
+# log.txt, gpu_utilisation.csv and runs.tgz. Add them to the leaderboard on the development machine with
 # `python -m recbole_macrec.leaderboard --dataset=Instruments --ingest OUT_DIR/runs.tgz` (or OUT_DIR).
 #
 # Training is budgeted in seconds, not epochs: each budgeted run times a few probe steps and
@@ -27,29 +28,32 @@
 #   ABLATIONS=1   MACRec w/o implicit and w/o explicit (the terms that act on imported codes), MACRec's epochs
 #   BUILTINS=1    SASRec, GRU4Rec, BERT4Rec (BUILTIN_EPOCHS, default 5)
 #   BEAM_BENCH=1  our beam search vs HF generate + trie
-#   DRY_RUN=1     print each model run's arguments instead of running it (checks the schedule)
+#   DRY_RUN=1     print each model run's arguments instead of running it (checks the schedule);
+#                 the PROFILE and BEAM_BENCH steps are skipped
 # A call of about 10 minutes fits MACRec + MQL4GRec with the defaults; a second call
 # (MODELS="TIGER LCRec" PROFILE=0) the rest. Each step has its own timeout, so the script ends.
 set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-${OUT:-results/gpu_run}}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
-if [ "${BUNDLE:-0}" = 1 ]; then RUNS=/tmp/gpu_runs; else RUNS=$OUT; fi
+if [ "${BUNDLE:-0}" = 1 ]; then RUNS=${RUNS_DIR:-/tmp/gpu_runs}; else RUNS=$OUT; fi
 mkdir -p "$RUNS"
 bundle() {  # refresh OUT/runs.tgz from the run files (BUNDLE=1)
   [ "${BUNDLE:-0}" = 1 ] || return 0
   tar -czf "$OUT/runs.tgz.part" -C "$RUNS" . && mv "$OUT/runs.tgz.part" "$OUT/runs.tgz"
 }
 export PYTHONUNBUFFERED=1
-if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then   # SKIP_WHEELS=1: an environment that already has them
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
+if [ -d "$ROOT/.whl" ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then   # SKIP_WHEELS=1: an environment that already has them
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$ROOT"/.whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$ROOT
 else
-  export PYTHONPATH=$PWD
+  export PYTHONPATH=$ROOT
 fi
-SRC=${INSTRUMENTS_SRC:-.gpu_data/Instruments}
+SRC=${INSTRUMENTS_SRC:-$ROOT/.gpu_data/Instruments}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, transformers, pandas, numpy; print('torch', torch.__version__, 'transformers', transformers.__version__, 'pandas', pandas.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee -a "$LOG"
-python3 dataset_prep/mql4grec_to_recbole.py --src="$SRC" --out=dataset/Instruments 2>&1 | tail -3 | tee -a "$LOG"
+python3 "$ROOT/dataset_prep/mql4grec_to_recbole.py" --src="$SRC" --out=dataset/Instruments 2>&1 | tail -3 | tee -a "$LOG" \
+  || { echo "converting $SRC failed (see above); nothing was run" | tee -a "$LOG"; exit 1; }
 # GPU utilisation while the script runs (one sample per second)
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/gpu_utilisation.csv" 2>/dev/null &
 SMI=$!
@@ -59,7 +63,7 @@ run() {  # run LIMIT_S MODEL ARGS...: one model, bounded in time, its json into 
   local limit=$1 model=$2; shift 2
   local start=$(date +%s)
   if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run (limit $limit s): $model $*" | tee -a "$LOG"; return; fi
-  timeout "$limit" python3 run_recbole.py --model="$model" --dataset=Instruments --results_dir="$RUNS" \
+  timeout "$limit" python3 "$ROOT/run_recbole.py" --model="$model" --dataset=Instruments --results_dir="$RUNS" \
       --show_progress=False --state=INFO "$@" >> "$LOG" 2>&1
   echo "$model $*: exit $? after $(( $(date +%s) - start )) s" | tee -a "$LOG"
   grep -E "training budget|epoch [0-9]+ training|evaluating \[|test result" "$LOG" | tail -3
@@ -84,8 +88,8 @@ schedule() {  # schedule MODEL BUDGET_S FIXED_EPOCHS PARTNER: epochs args (fixed
 
 GR_BATCH=${GR_BATCH:-1024}   # rows per step; each row feeds every task (6 task samples for MACRec)
 GR_ARGS="--train_batch_size=$GR_BATCH --eval_batch_size=512"
-if [ "${PROFILE:-1}" = 1 ]; then
-  timeout 150 python3 benchmarks/profile_training.py --model=MACRec --dataset=Instruments --batches=10 \
+if [ "${PROFILE:-1}" = 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+  timeout 150 python3 "$ROOT/benchmarks/profile_training.py" --model=MACRec --dataset=Instruments --batches=10 \
       --out="$RUNS/profile_MACRec_Instruments.json" --set train_batch_size=$GR_BATCH 2>&1 | grep -v Warning | tail -40 | tee -a "$LOG"
   bundle
 fi
@@ -102,7 +106,7 @@ for model in ${MODELS:-MACRec MQL4GRec TIGER LCRec}; do
 done
 if [ "${ABLATIONS:-0}" = 1 ]; then
   for a in wo_implicit wo_explicit; do
-    run $((B_GR + 150)) MACRec $(schedule MACRec "$B_GR" "${GR_EPOCHS:-}" MACRec) $GR_ARGS --config_files="properties/ablation/$a.yaml"
+    run $((B_GR + 150)) MACRec $(schedule MACRec "$B_GR" "${GR_EPOCHS:-}" MACRec) $GR_ARGS --config_files="$ROOT/properties/ablation/$a.yaml"
   done
 fi
 if [ "${BUILTINS:-0}" = 1 ]; then
@@ -111,8 +115,8 @@ if [ "${BUILTINS:-0}" = 1 ]; then
     run 40 $m --epochs=$E_BUILTIN --eval_step=$E_BUILTIN --train_batch_size=2048
   done
 fi
-if [ "${BEAM_BENCH:-0}" = 1 ]; then
-  python3 benchmarks/beam_search_vs_hf.py --users=1024 --batch=256 --codes="$SRC/Instruments.index_lemb.json" \
+if [ "${BEAM_BENCH:-0}" = 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+  python3 "$ROOT/benchmarks/beam_search_vs_hf.py" --users=1024 --batch=256 --codes="$SRC/Instruments.index_lemb.json" \
       --out="$RUNS/beam_search_vs_hf.json" 2>&1 | grep -v Warning | tail -14 | tee -a "$LOG"
   bundle
 fi
@@ -124,7 +128,7 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*-Instruments-*.json")),
     run = json.load(open(path))
     t = run.get("timing") or {}
     epoch = statistics.median(t["train_epoch_s"]) if t.get("train_epoch_s") else float("nan")
-    print(f"{run.get('label', run['model'])} | {run['epochs_run']}/{run['epochs']} | {epoch:.2f} | "
+    print(f"{run.get('label', run['model'])} | {run.get('epochs_run', '?')}/{run['epochs']} | {epoch:.2f} | "
           f"{t.get('test_s') or float('nan'):.2f} | {run['test_result']['ndcg@10']:.4f} | {run['test_result']['hit@10']:.4f}")
 PY
 ls -la "$OUT" "$RUNS"
