@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import recbole_macrec  # noqa: F401  (applies the RecBole compatibility shims)
+from recbole_macrec.config import command_line_values
 from recbole_macrec.quick_start import run
 from recbole_macrec.utils import available_models, get_model
 
@@ -20,8 +21,12 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=str, default="5678")
     parser.add_argument("--world_size", type=int, default=-1)
     parser.add_argument("--group_offset", type=int, default=0)
-    # Everything else (--key=value) is read by RecBole's Config from sys.argv.
-    args, _ = parser.parse_known_args(argv)
+    # Everything else (--key=value) is read by RecBole's Config from sys.argv; RecBole would only
+    # warn about anything else ("--epochs 5" trains the yaml's epochs), so it is an error here.
+    args, rest = parser.parse_known_args(argv)
+    unrecognized = command_line_values(rest)[1]
+    if unrecognized:
+        parser.error(f"settings must be given as --key=value; not understood: {' '.join(unrecognized)}")
     return args
 
 

@@ -1,7 +1,25 @@
 """RecBole ``Config`` that also reads the plugin's ``properties/`` and knows the plugin's models."""
+import sys
+from logging import getLogger
+
 from recbole.config import Config as RecBoleConfig
 
 from recbole_macrec.utils import PROPERTIES_DIR, get_model
+
+
+def command_line_values(args):
+    """``({key: value string}, [args not of the form --key=value])``. The value is everything after
+    the first ``=``: RecBole splits on every ``=`` and drops ``--run_label="a=b"``."""
+    values, unrecognized = {}, []
+    for arg in args:
+        key, sep, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not sep or not key:
+            unrecognized.append(arg)
+            continue
+        if key in values and values[key] != value:
+            raise SyntaxError(f"command line: --{key} is given twice, as {values[key]!r} and {value!r}")
+        values[key] = value
+    return values, unrecognized
 
 
 class Config(RecBoleConfig):
@@ -38,3 +56,11 @@ class Config(RecBoleConfig):
                     self.parameters["Dataset"] += [
                         k for k in loaded if k not in self.parameters["Dataset"]
                     ]
+
+    def _load_cmd_line(self):
+        if "ipykernel_launcher" in sys.argv[0]:
+            return {}
+        values, unrecognized = command_line_values(sys.argv[1:])
+        if unrecognized:
+            getLogger().warning(f"command line args [{' '.join(unrecognized)}] will not be used in RecBole")
+        return self._convert_config_dict(values)

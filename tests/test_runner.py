@@ -69,3 +69,30 @@ def test_result_files_of_the_same_second_do_not_overwrite(workdir, monkeypatch):
     assert sorted(p.name for p in (workdir / "runs").iterdir()) == [
         "TIGER-tiny-20261127-070000-2.json", "TIGER-tiny-20261127-070000-2.ranks.npz",
         "TIGER-tiny-20261127-070000.json", "TIGER-tiny-20261127-070000.ranks.npz"]
+
+
+def test_command_line_values_keep_equals_signs_in_values():
+    from recbole_macrec.config import command_line_values
+
+    values, unrecognized = command_line_values(
+        ["--run_label=TIGER restart=True", "--epochs=5", "--epochs=5", "-x", "--flag", "5", "--=3"])
+    assert values == {"run_label": "TIGER restart=True", "epochs": "5"}
+    assert unrecognized == ["-x", "--flag", "5", "--=3"]
+    with pytest.raises(SyntaxError, match="--epochs is given twice, as '5' and '6'"):
+        command_line_values(["--epochs=5", "--epochs=6"])
+
+
+def test_config_reads_a_value_containing_equals(tiny_dataset, monkeypatch):
+    from recbole_macrec.config import Config
+
+    monkeypatch.setattr("sys.argv", ["run_recbole.py", "--run_label=TIGER restart=True", "--epochs=7"])
+    config = Config("SASRec", "tiny", config_dict=tiny_config_dict(tiny_dataset))
+    assert config["run_label"] == "TIGER restart=True" and config["epochs"] == 7
+
+
+def test_run_recbole_script_rejects_settings_not_of_the_form_key_value(capsys):
+    import run_recbole
+
+    with pytest.raises(SystemExit):
+        run_recbole.main(["--model=TIGER", "--epochs", "5"])
+    assert "not understood: --epochs 5" in capsys.readouterr().err
