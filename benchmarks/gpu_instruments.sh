@@ -47,8 +47,8 @@ export PYTHONUNBUFFERED=1
 if [ -d "$ROOT/.whl" ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then   # SKIP_WHEELS=1: an environment that already has them
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$ROOT"/.whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$ROOT
-else
-  export PYTHONPATH=$ROOT
+else   # keep the caller's path: it may hold the packages
+  export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 fi
 SRC=${INSTRUMENTS_SRC:-$ROOT/.gpu_data/Instruments}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, transformers, pandas, numpy; print('torch', torch.__version__, 'transformers', transformers.__version__, 'pandas', pandas.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee -a "$LOG"
@@ -123,12 +123,13 @@ fi
 bundle
 python3 - "$RUNS" <<'PY' 2>&1 | tee -a "$LOG"
 import glob, json, os, statistics, sys
-print("model | epochs | s/epoch (median) | test s | NDCG@10 | HR@10")
+print("model | epochs | s/epoch (median) | probe's s/epoch | test s | NDCG@10 | HR@10")
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*-Instruments-*.json")), key=os.path.getmtime):
     run = json.load(open(path))
     t = run.get("timing") or {}
     epoch = statistics.median(t["train_epoch_s"]) if t.get("train_epoch_s") else float("nan")
+    probe = (run.get("train_budget") or {}).get("estimated_epoch_s", float("nan"))
     print(f"{run.get('label', run['model'])} | {run.get('epochs_run', '?')}/{run['epochs']} | {epoch:.2f} | "
-          f"{t.get('test_s') or float('nan'):.2f} | {run['test_result']['ndcg@10']:.4f} | {run['test_result']['hit@10']:.4f}")
+          f"{probe:.2f} | {t.get('test_s') or float('nan'):.2f} | {run['test_result']['ndcg@10']:.4f} | {run['test_result']['hit@10']:.4f}")
 PY
 ls -la "$OUT" "$RUNS"
