@@ -24,7 +24,7 @@ from logging import getLogger
 import numpy as np
 import yaml
 
-from recbole_macrec.utils import PROJECT_ROOT, PROPERTIES_DIR
+from recbole_macrec.utils import PROJECT_ROOT, PROPERTIES_DIR, write_json
 
 METRICS = [f"{m}@{k}" for m in ("hit", "ndcg") for k in (1, 5, 10, 20)]
 KEY_METRIC = "ndcg@10"
@@ -90,9 +90,7 @@ def run_entry(entry, dataset, seed, config_files, overrides, runs_dir):
         if os.path.isfile(ranks):
             shutil.move(ranks, target[: -len(".json")] + ".ranks.npz")
         result["result_file"] = target
-        with open(target + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(target + ".tmp", target)
+        write_json(target, result)
     return result
 
 
@@ -283,11 +281,9 @@ def write_outputs(out_dir, dataset, runs):
         writer.writeheader()
         for row in rows:
             writer.writerow({**{c: row[c] for c in columns}, "seeds": " ".join(map(str, row["seeds"]))})
-    with open(os.path.join(out_dir, "leaderboard.json"), "w") as f:
-        json.dump({"dataset": dataset, "rows": rows, "significance": sig, "published": published,
-                   "semantic_ids": collisions,
-                   "runs": [{k: v for k, v in r.items() if k != "path"} | {"file": os.path.basename(r["path"])}
-                            for r in runs]}, f, indent=2)
+    write_json(os.path.join(out_dir, "leaderboard.json"), {
+        "dataset": dataset, "rows": rows, "significance": sig, "published": published, "semantic_ids": collisions,
+        "runs": [{k: v for k, v in r.items() if k != "path"} | {"file": os.path.basename(r["path"])} for r in runs]})
     if rows:
         plot(rows, os.path.join(out_dir, "leaderboard.png"), dataset)
     return rows
@@ -327,7 +323,7 @@ def ingest(paths, runs_dir):
                 continue
             run.setdefault("label", run["model"])
             target = os.path.join(runs_dir, f"{slug(run['label'])}-e{run['epochs']}-seed{run['seed']}.json")
-            shutil.copyfile(path, target)
+            write_json(target, run)   # strict JSON, whatever wrote the file
             ranks = path[: -len(".json")] + ".ranks.npz"
             if os.path.isfile(ranks):
                 shutil.copyfile(ranks, target[: -len(".json")] + ".ranks.npz")

@@ -14,7 +14,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_macrec.config import Config
-from recbole_macrec.utils import get_model, get_trainer, synchronize
+from recbole_macrec.utils import get_model, get_trainer, synchronize, write_json
 
 
 def machine_description():
@@ -49,10 +49,7 @@ def write_result_file(config, result, ranks=None):
     if ranks is not None:
         users, rank = ranks
         np.savez_compressed(path[: -len(".json")] + ".ranks.npz", users=users, rank=rank)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, result)
     return path
 
 

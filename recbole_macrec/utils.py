@@ -1,6 +1,10 @@
-"""Model and trainer lookup (the plugin's own models first, then RecBole's built-ins), and the
-device clock helper shared by the trainer, the runner's timings and the benchmarks."""
+"""Model and trainer lookup (the plugin's own models first, then RecBole's built-ins), the
+device clock helper shared by the trainer, the runner's timings and the benchmarks, and the json
+writer of result files."""
 import importlib
+import json
+import math
+import os
 import pkgutil
 from pathlib import Path
 
@@ -88,3 +92,24 @@ def synchronize(device):
 
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def strict_json_value(obj):
+    """``obj`` with every non-finite float as None (strict JSON has no NaN or Infinity; RecBole
+    reports a best valid score of -inf for a run it never validated)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: strict_json_value(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(value) for value in obj]
+    return obj
+
+
+def write_json(path, obj):
+    """Write ``obj`` to ``path`` as strict, indented JSON, atomically: a reader never sees half a
+    file, and an interrupted write leaves the old one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(strict_json_value(obj), f, indent=2, allow_nan=False)
+    os.replace(tmp, path)

@@ -113,3 +113,23 @@ def test_ingest_takes_a_tar_archive_and_leaves_out_non_run_jsons(tmp_path, caplo
     assert (runs_dir / "MACRec-e40-seed2020.ranks.npz").is_file()
     assert sorted(os.listdir(runs_dir)) == ["MACRec-e40-seed2020.json", "MACRec-e40-seed2020.ranks.npz"]
     assert "profile_MACRec_Instruments.json: not a run result" in caplog.text
+
+
+def test_result_jsons_are_strict_json(workdir):
+    """RecBole's -inf best score (a run never validated) is written as null, never as the
+    -Infinity that strict JSON readers reject; ingest mends files written before that."""
+    from recbole_macrec.leaderboard import ingest
+    from recbole_macrec.utils import write_json
+
+    def strict_load(path):
+        return json.loads(open(path).read(), parse_constant=lambda name: pytest.fail(f"{path}: {name}"))
+
+    write_json(workdir / "a.json", {"best_valid_score": float("-inf"), "x": [float("nan"), 1.5], "y": {"z": 2}})
+    assert strict_load(workdir / "a.json") == {"best_valid_score": None, "x": [None, 1.5], "y": {"z": 2}}
+    old = {"model": "TIGER", "epochs": 1, "seed": 2020, "best_valid_score": float("-inf"),
+           "test_result": {"ndcg@10": 0.1}}
+    (workdir / "old").mkdir()
+    (workdir / "old" / "TIGER-x.json").write_text(json.dumps(old))
+    (workdir / "runs").mkdir()
+    [target] = ingest([str(workdir / "old")], str(workdir / "runs"))
+    assert strict_load(target) == {**old, "best_valid_score": None, "label": "TIGER"}
