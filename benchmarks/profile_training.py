@@ -11,8 +11,9 @@ Reported per batch: RecBole's loader vs the device loader (fetch + copy to the d
 training step (forward, backward, optimiser) for each combination of {one forward per task,
 packed tasks} x {random batches, length-grouped batches}; the share of history-token slots that
 are padding in random vs grouped batches (over a whole epoch); the estimated epoch time of
-the old path (RecBole loader, one forward per task, random batches) vs the new one; and, on
-CUDA, the host syncs per training step with the source lines that make them.
+the old path (RecBole loader, one forward per task, random batches) vs the new one; the new
+path's FLOPs per step and epoch, and the FLOP/s its step time achieves; and, on CUDA, the host
+syncs per training step with the source lines that make them.
 """
 import argparse
 import copy
@@ -62,6 +63,18 @@ def step_seconds(trainer, batches, n, device):
         trainer.train_step(batch)
     synchronize(device)
     return (time.perf_counter() - start) / n
+
+
+def flops_per_step(trainer, batches):
+    """Mean floating-point operations of one training step (forward and backward; matrix products
+    and attention, as torch's FlopCounterMode counts them) over ``batches``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for batch in batches:
+            trainer.train_step(batch)
+    return counter.get_total_flops() / len(batches)
 
 
 def host_syncs_per_step(trainer, batches, device):
@@ -137,6 +150,13 @@ def main(argv=None):
             compute[name] = step_seconds(trainer, batches[order], n, device)
             print(f"{name}: {compute[name]:.3f} s/step", flush=True)
     report["compute_s_per_batch"] = compute
+    # the new path's arithmetic (trainer and model as last timed: packed, grouped), so that the
+    # step time reads as achieved FLOP/s against the device's peak
+    flops = flops_per_step(trainer, batches["grouped"][1:min(n, 3) + 1])
+    report["flops"] = {"per_step": flops, "per_epoch": flops * len(train_data),
+                       "achieved_tflop_s": flops / compute["packed_grouped"] / 1e12}
+    print(f"{flops / 1e12:.2f} TFLOP per step, {report['flops']['achieved_tflop_s']:.2f} TFLOP/s achieved",
+          flush=True)
     if device.type == "cuda":   # the new path (packed, grouped), on the model as trained above
         try:
             per_step, where = host_syncs_per_step(trainer, batches["grouped"][:4], device)

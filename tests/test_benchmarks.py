@@ -1,0 +1,41 @@
+"""The profiling benchmark's measurements, on the CPU."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_T5, tiny_config_dict, write_codes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import profile_training  # noqa: E402
+
+
+def test_flops_per_step_counts_forward_and_backward_of_a_known_product():
+    weight = torch.randn(6, 5, requires_grad=True)
+
+    class Trainer:
+        def train_step(self, batch):
+            (batch @ weight).sum().backward()
+
+    # forward 2*m*k*n; backward: the weight's gradient only (the batch needs none), 2*m*k*n again
+    batches = [torch.randn(4, 6), torch.randn(10, 6)]
+    assert profile_training.flops_per_step(Trainer(), batches) == (2 * 2 * 4 * 6 * 5 + 2 * 2 * 10 * 6 * 5) / 2
+
+
+def test_profile_reports_new_path_flops_and_speedup(tiny_dataset):
+    write_codes(tiny_dataset / "tiny")
+    cfg = tiny_config_dict(tiny_dataset, **{**TINY_T5, "train_batch_size": 16})
+    out = tiny_dataset / "profile.json"
+    profile_training.main(["--model=MACRec", "--dataset=tiny", "--batches=3", f"--out={out}", "--set",
+                           *[f"{k}={json.dumps(v)}" for k, v in cfg.items()]])
+    report = json.loads(out.read_text())
+    assert set(report["compute_s_per_batch"]) == {"per_task_random", "per_task_grouped",
+                                                  "packed_random", "packed_grouped"}
+    flops = report["flops"]
+    assert flops["per_step"] > 0
+    assert flops["per_epoch"] == pytest.approx(flops["per_step"] * report["batches_per_epoch"])
+    assert flops["achieved_tflop_s"] == pytest.approx(
+        flops["per_step"] / report["compute_s_per_batch"]["packed_grouped"] / 1e12)
+    assert report["speedup"] > 0
