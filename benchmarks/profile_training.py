@@ -6,6 +6,7 @@ side-by-side comparisons (absolute seconds on a shared CPU are upper bounds):
 
     python benchmarks/profile_training.py --model=MACRec --dataset=ml-100k --batches=8 \
         --out=results/ml-100k/profile_MACRec_cpu.json [--set train_batch_size=1024 ...]
+    python benchmarks/profile_training.py --model=MACRec --dataset=Instruments --flops-only ...
 
 Reported per batch: RecBole's loader vs the device loader (fetch + copy to the device); the
 training step (forward, backward, optimiser) for each combination of {one forward per task,
@@ -121,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--batches", type=int, default=8, help="timed batches per variant")
     parser.add_argument("--data-only", action="store_true", help="loaders and padding only (no model steps)")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="loaders, padding and the FLOPs of one epoch only (no timed steps)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -149,6 +152,12 @@ def main(argv=None):
                                 "grouped": padding_share(grouped_loader, field)}}
 
     if args.data_only:
+        return write_report(report, args.out)
+    if args.flops_only:
+        model.train()
+        trainer = GenerativeTrainer(config, model)
+        report["flops"] = {"per_epoch": epoch_flops(trainer, grouped_loader),
+                           "per_epoch_random_batches": epoch_flops(trainer, random_loader)}
         return write_report(report, args.out)
     batches = {"random": [b for _, b in zip(range(n + 1), random_loader)],
                "grouped": [b for _, b in zip(range(n + 1), grouped_loader)]}

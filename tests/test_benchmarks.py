@@ -57,3 +57,15 @@ def test_epoch_flops_equal_the_count_over_every_batch(tiny_dataset, model_name):
     # a batch x batch similarity, small against the T5 passes
     assert profile_training.epoch_flops(trainer, loader) == pytest.approx(
         every_batch, rel=0.02 if model_name == "MACRec" else 1e-6)
+
+
+def test_flops_only_report(tiny_dataset):
+    write_codes(tiny_dataset / "tiny")
+    cfg = tiny_config_dict(tiny_dataset, **{**TINY_T5, "train_batch_size": 16})
+    out = tiny_dataset / "flops.json"
+    profile_training.main(["--model=TIGER", "--dataset=tiny", "--flops-only", f"--out={out}", "--set",
+                           *[f"{k}={json.dumps(v)}" for k, v in cfg.items()]])
+    report = json.loads(out.read_text())
+    # random batches pad every history to the batch's longest: more work than length-grouped ones
+    assert report["flops"]["per_epoch_random_batches"] > report["flops"]["per_epoch"] > 0
+    assert "compute_s_per_batch" not in report
