@@ -24,13 +24,18 @@ def test_flops_per_step_counts_forward_and_backward_of_a_known_product():
     assert profile_training.flops_per_step(Trainer(), batches) == (2 * 2 * 4 * 6 * 5 + 2 * 2 * 10 * 6 * 5) / 2
 
 
-def test_profile_reports_new_path_flops_and_speedup(tiny_dataset):
+def _profile(tiny_dataset, model_name, *flags):
+    """profile_training's report on the tiny dataset (codes imported, tiny T5, batch 16)."""
     write_codes(tiny_dataset / "tiny")
     cfg = tiny_config_dict(tiny_dataset, **{**TINY_T5, "train_batch_size": 16})
     out = tiny_dataset / "profile.json"
-    profile_training.main(["--model=MACRec", "--dataset=tiny", "--batches=3", f"--out={out}", "--set",
+    profile_training.main([f"--model={model_name}", "--dataset=tiny", *flags, f"--out={out}", "--set",
                            *[f"{k}={json.dumps(v)}" for k, v in cfg.items()]])
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_profile_reports_new_path_flops_and_speedup(tiny_dataset):
+    report = _profile(tiny_dataset, "MACRec", "--batches=3")
     assert set(report["compute_s_per_batch"]) == {"per_task_random", "per_task_grouped",
                                                   "packed_random", "packed_grouped"}
     flops = report["flops"]
@@ -60,12 +65,7 @@ def test_epoch_flops_equal_the_count_over_every_batch(tiny_dataset, model_name):
 
 
 def test_flops_only_report(tiny_dataset):
-    write_codes(tiny_dataset / "tiny")
-    cfg = tiny_config_dict(tiny_dataset, **{**TINY_T5, "train_batch_size": 16})
-    out = tiny_dataset / "flops.json"
-    profile_training.main(["--model=TIGER", "--dataset=tiny", "--flops-only", f"--out={out}", "--set",
-                           *[f"{k}={json.dumps(v)}" for k, v in cfg.items()]])
-    report = json.loads(out.read_text())
+    report = _profile(tiny_dataset, "TIGER", "--flops-only")
     # random batches pad every history to the batch's longest: more work than length-grouped ones
     assert report["flops"]["per_epoch_random_batches"] > report["flops"]["per_epoch"] > 0
     assert "compute_s_per_batch" not in report
