@@ -19,7 +19,7 @@
 # Training is budgeted in seconds, not epochs: each budgeted run times a few probe steps and
 # trains as many epochs as fit (gr_train_budget_s; at most the yaml's 200), and its partner is
 # then trained for the same epochs, so that each pair compares at equal epochs:
-#   MODELS           generative models to train, in order      (default: MACRec MQL4GRec TIGER LCRec)
+#   MODELS           generative models to train, in order      (default: MACRec MQL4GRec TIGER LCRec; "" = none)
 #   GR_BUDGET_S      training seconds of MACRec                (default 120); MQL4GRec gets its epochs
 #   GR_BUDGET_S_TIGER  training seconds of TIGER               (default 45); LC-Rec gets its epochs
 #   GR_EPOCHS, GR_EPOCHS_TIGER   fixed epochs instead of a budget (validated once, at the end)
@@ -95,7 +95,7 @@ if [ "${PROFILE:-1}" = 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
 fi
 B_GR=${GR_BUDGET_S:-120}
 B_TIGER=${GR_BUDGET_S_TIGER:-45}
-for model in ${MODELS:-MACRec MQL4GRec TIGER LCRec}; do
+for model in ${MODELS-MACRec MQL4GRec TIGER LCRec}; do   # MODELS="" runs none
   case $model in   # the time limit: the budget plus data loading, validation and the test
     MACRec)   run $((B_GR + 150)) MACRec $(schedule MACRec "$B_GR" "${GR_EPOCHS:-}" "") $GR_ARGS ;;
     MQL4GRec) run $((B_GR + 150)) MQL4GRec $(schedule MQL4GRec "$B_GR" "${GR_EPOCHS:-}" MACRec) $GR_ARGS ;;

@@ -48,6 +48,13 @@ def test_dry_run_schedules_budgets_and_fixed_epochs(workdir):
                                 for m in ("MACRec", "MQL4GRec")]
 
 
+def test_empty_models_runs_no_model(workdir):
+    _write_instruments_like_src(workdir / "src")
+    proc = _run_script(workdir, workdir / "out", DRY_RUN="1", INSTRUMENTS_SRC=str(workdir / "src"), MODELS="")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _would_run(proc) == []
+
+
 def test_missing_source_stops_before_any_run(workdir):
     (workdir / "empty").mkdir()
     proc = _run_script(workdir, workdir / "out", DRY_RUN="1", INSTRUMENTS_SRC=str(workdir / "empty"))
