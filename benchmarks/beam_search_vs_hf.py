@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search  # noqa: E402
 from recbole_macrec.model.generative import t5_beam_step  # noqa: E402
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab  # noqa: E402
-from recbole_macrec.utils import synchronize  # noqa: E402
+from recbole_macrec.utils import synchronize, write_json  # noqa: E402
 
 DEFAULT_CODES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                              "shared", "data", "Instruments", "Instruments.index_lemb.json")
@@ -136,8 +136,7 @@ def main(argv=None):
     print(json.dumps(result, indent=2))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result)
     if not identical:
         sys.exit("top-B lists differ between our beam search and HF generate")
 

@@ -30,7 +30,7 @@ from recbole_macrec.data.device_loader import LengthGroupedLoader  # noqa: E402
 from recbole_macrec.leaderboard import parse_overrides  # noqa: E402
 from recbole_macrec.quick_start import build_run, machine_description  # noqa: E402
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer  # noqa: E402
-from recbole_macrec.utils import synchronize  # noqa: E402
+from recbole_macrec.utils import synchronize, write_json  # noqa: E402
 
 
 def seconds_per_batch(batches, device, n):
@@ -197,12 +197,10 @@ def main(argv=None):
 
 
 def write_report(report, out):
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if out:
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out, "w") as f:
-            f.write(text + "\n")
+        write_json(out, report)
 
 
 if __name__ == "__main__":

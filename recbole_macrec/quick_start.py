@@ -41,11 +41,11 @@ def write_result_file(config, result, ranks=None):
     out_dir = config["results_dir"] or "saved/results"
     os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(out_dir, f"{config['model']}-{config['dataset']}-{stamp}.json")
-    copy = 1
+    stem = os.path.join(out_dir, f"{config['model']}-{config['dataset']}-{stamp}")
+    path, copy = f"{stem}.json", 1
     while os.path.exists(path):   # two runs finished in the same second: keep both
         copy += 1
-        path = os.path.join(out_dir, f"{config['model']}-{config['dataset']}-{stamp}-{copy}.json")
+        path = f"{stem}-{copy}.json"
     if ranks is not None:
         users, rank = ranks
         np.savez_compressed(path[: -len(".json")] + ".ranks.npz", users=users, rank=rank)
