@@ -23,7 +23,8 @@ from recbole_macrec.data.atomic import atomic_path, read_atomic, write_atomic
 from recbole_macrec.data.default_views import catalogue_and_train_pairs, ensure_item_views
 from recbole_macrec.data.item_views import file_digest, item_view_path, work_dir
 from recbole_macrec.quantization.collisions import (
-    add_extra_level, codebook_stats, collision_rate, cyclic_distances, resolve_collisions)
+    add_extra_level, codebook_stats, colliding_groups, collision_rate, cyclic_distances,
+    resolve_collisions, sinkhorn_reassign)
 from recbole_macrec.quantization.train import METHODS, QuantizerParams, train_quantizers
 
 REPORT = "sid_report.json"
@@ -104,10 +105,21 @@ def resolve(codes, params, view_codes=None):
         prev = cyclic_distances(codes, -2, m) if codes.shape[1] > 1 else None
         how = ("no embeddings: in each colliding group the first item (catalogue order) keeps its "
                "code, the others take the next free last-level code upwards (mod M)")
+        if params.collision == "sinkhorn":
+            how = "sid_collision 'sinkhorn' needs trained codes; " + how
     else:
         last, prev = view_codes.last_distances, view_codes.prev_distances
         how = ("distance-based: the item nearest its last-level codeword keeps it, the others take "
                "their next-nearest free last-level codeword")
+        if params.collision == "sinkhorn":
+            codes, by_sinkhorn = sinkhorn_reassign(codes, last, params.sinkhorn_epsilon,
+                                                   params.sinkhorn_iters, params.collision_sinkhorn_rounds)
+            left = len(colliding_groups(codes))
+            out, moved = resolve_collisions(codes, last, prev)
+            how = (f"LC-Rec: Sinkhorn over each colliding group's last level (up to "
+                   f"{params.collision_sinkhorn_rounds} rounds), then distance-based for the "
+                   f"{left} groups it could not separate")
+            return out, sorted(set(by_sinkhorn) | set(moved)), how
     out, moved = resolve_collisions(codes, last, prev)
     return out, moved, how
 

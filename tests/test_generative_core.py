@@ -141,7 +141,7 @@ def test_tiger_runs_end_to_end(tiny_dataset):
                                             "text_view_fields": ["title", "class"], "view_dim": 8,
                                             "sid_num_levels": 3, "sid_codebook_size": 4, "sid_e_dim": 8,
                                             "sid_encoder_layers": [16], "sid_epochs": 2, "sid_batch_size": 16,
-                                            "sid_con_weights": [0, 0, 0], "epochs": 2,
+                                            "sid_con_weights": [0, 0, 0], "sid_kmeans_iters": 10, "epochs": 2,
                                             "run_label": "TIGER, tiny run"})
     result = run_recbole("TIGER", "tiny", config_dict=cfg)
     assert result["label"] == "TIGER, tiny run"

@@ -149,7 +149,7 @@ def test_lcrec_runs_end_to_end(tiny_dataset):
     cfg = tiny_config_dict(tiny_dataset, **{**TINY_LM, "sid_views": ["text"], "view_dim": 8,
                                             "sid_num_levels": 3, "sid_codebook_size": 4, "sid_e_dim": 8,
                                             "sid_encoder_layers": [16], "sid_epochs": 2, "sid_batch_size": 16,
-                                            "sid_con_weights": [0, 0, 0], "epochs": 1, "eval_batch_size": 16})
+                                            "sid_con_weights": [0, 0, 0], "sid_kmeans_iters": 10, "epochs": 1, "eval_batch_size": 16})
     result = run_recbole("LCRec", "tiny", config_dict=cfg)
     assert result["semantic_ids"]["method"] == "rqvae_sinkhorn"
     assert result["label"] == "LCRec (small LM from scratch)"

@@ -117,21 +117,21 @@ def test_prestage_ablation_switch_removes_exactly_its_term(ablation, removed):
     import yaml
 
     from recbole_macrec.quantization.kmeans import pseudo_labels
-    from recbole_macrec.quantization.train import QuantizerParams, _build, batch_loss
+    from recbole_macrec.quantization.train import QuantizerParams, batch_loss, build_models
 
     switch = yaml.safe_load((ROOT / "properties" / "ablation" / f"{ablation}.yaml").read_text())
-    small = dict(codebook_size=4, e_dim=8, encoder_layers=(16,), pseudo_label_k=4)
+    small = dict(codebook_size=4, e_dim=8, encoder_layers=(16,), projection_dim=8, pseudo_label_k=4)
     params = QuantizerParams(**small)
     ablated = QuantizerParams(**small, **{k[4:]: tuple(v) if isinstance(v, list) else v
                                           for k, v in switch.items() if k.startswith("sid_")})
     torch.manual_seed(0)
     views = {"text": torch.randn(32, 6), "image": torch.randn(32, 5)}
-    models = _build(views, params, "macrec", "cpu")
+    models = build_models(views, params, "macrec", "cpu")
     labels = {k: torch.tensor(pseudo_labels(v.numpy(), 4, 0)) for k, v in views.items()}
     idx = torch.arange(32)
     outputs = {k: models[k](views[k][idx]) for k in models}
-    _, full = batch_loss(models, outputs, labels, idx, params, "macrec", torch.Generator().manual_seed(0))
-    _, cut = batch_loss(models, outputs, labels, idx, ablated, "macrec", torch.Generator().manual_seed(0))
+    _, full = batch_loss(outputs, labels, idx, params, "macrec", torch.Generator().manual_seed(0))
+    _, cut = batch_loss(outputs, labels, idx, ablated, "macrec", torch.Generator().manual_seed(0))
     assert set(full) - set(cut) == removed
     for term in cut:
         assert float(cut[term]) == pytest.approx(float(full[term])), term
@@ -184,7 +184,7 @@ def test_mql4grec_preset(tiny_dataset):
     assert model.implicit_weight == 0 and set(model.tasks) == {"seqrec", "seqimage"} | CROSS_TASKS
     from recbole_macrec.config import Config
 
-    assert Config(model="MQL4GRec", dataset="tiny", config_dict=tiny_config_dict(tiny_dataset))["sid_method"] == "rqvae"
+    assert Config(model="MQL4GRec", dataset="tiny", config_dict=tiny_config_dict(tiny_dataset))["sid_method"] == "rqvae_sinkhorn"
     assert "pre-training" in type(model).__doc__
 
 
@@ -199,6 +199,7 @@ def test_macrec_runs_end_to_end_from_the_script(tiny_dataset, monkeypatch):
             "--sid_views=['text','collab']", "--text_view_fields=['title','class']", "--view_dim=8",
             "--sid_num_levels=3", "--sid_codebook_size=4", "--sid_e_dim=8", "--sid_encoder_layers=[16]",
             "--sid_epochs=2", "--sid_batch_size=16", "--sid_pseudo_label_k=4", "--sid_con_weights=[0,0.1,0.1]",
+            "--sid_projection_dim=8", "--sid_kmeans_iters=10",
             "--d_model=16", "--d_kv=8", "--d_ff=32", "--num_layers=1", "--num_decoder_layers=1",
             "--num_heads=2", "--epochs=1", "--train_batch_size=64", "--eval_batch_size=16",
             "--show_progress=False", "--state=WARNING", "--use_gpu=False",

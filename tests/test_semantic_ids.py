@@ -9,7 +9,8 @@ from recbole_macrec.semantic_ids import SemanticIdError, build_semantic_ids, rea
 
 TINY_SID = dict(sid_views=["text", "collab"], text_view_fields=["title", "class"], view_dim=8,
                 sid_num_levels=3, sid_codebook_size=4, sid_e_dim=8, sid_encoder_layers=[16],
-                sid_epochs=2, sid_batch_size=16, sid_pseudo_label_k=4, sid_con_weights=[0, 0.1, 0.1])
+                sid_epochs=2, sid_batch_size=16, sid_pseudo_label_k=4, sid_con_weights=[0, 0.1, 0.1],
+                sid_projection_dim=8, sid_kmeans_iters=10)
 
 
 def _config(data_path, **kw):

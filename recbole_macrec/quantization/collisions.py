@@ -89,3 +89,26 @@ def add_extra_level(codes):
     for group in colliding_groups(codes):
         extra[group] = np.arange(len(group))
     return np.concatenate([codes, extra[:, None]], axis=1)
+
+
+def sinkhorn_reassign(codes, last_distances, epsilon, iters, rounds=20):
+    """LC-Rec's collision handling (its index/generate_indices.py): up to ``rounds`` times, every
+    group of items sharing a code tuple gets its last level re-assigned by Sinkhorn over the
+    group's own distances ``last_distances [N, M]`` (the prefix stays), which spreads the group
+    over distinct codewords. Items with identical inputs cannot be separated this way and stay
+    colliding. Returns ``(new_codes, moved_rows)``."""
+    import torch
+
+    from recbole_macrec.quantization.rqvae import sinkhorn
+
+    original = np.asarray(codes, dtype=np.int64)
+    codes = original.copy()
+    for _ in range(rounds):
+        groups = colliding_groups(codes)
+        if not groups:
+            break
+        for group in groups:
+            q = sinkhorn(torch.as_tensor(last_distances[group]), epsilon, iters)
+            codes[group, -1] = q.argmax(dim=1).numpy()
+    moved = np.flatnonzero((codes != original).any(axis=1))
+    return codes, [int(r) for r in moved]

@@ -24,8 +24,10 @@ def kmeans(x, k, seed=2020, niter=50, nredo=3):
     return km.centroids.copy(), labels[:, 0].astype(np.int64)
 
 
-def pseudo_labels(x, k, seed=2020, niter=50):
-    """MACRec's pseudo-labels: k-means on a raw view with ``k`` capped below the item count."""
+def pseudo_labels(x, k, seed=2020, niter=300, nredo=10):
+    """MACRec's pseudo-labels ``[n]``: k-means with ``k`` clusters on a raw view (the released
+    data/kmeans.py: scikit-learn's 300 iterations and 10 restarts; here faiss with the same counts)."""
     n = len(x)
-    k = max(1, min(int(k), n // 2 if n >= 4 else 1))
-    return kmeans(x, k, seed=seed, niter=niter)[1]
+    if not 1 <= int(k) <= n:
+        raise ValueError(f"sid_pseudo_label_k={k} must be between 1 and the number of items ({n})")
+    return kmeans(x, int(k), seed=seed, niter=niter, nredo=nredo)[1]

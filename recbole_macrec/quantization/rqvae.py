@@ -1,6 +1,6 @@
 """Residual-quantised VAE (RQ-VAE): MLP encoder, L residual codebooks, mirrored MLP decoder.
 
-Written once; plain (TIGER/MQL4GRec), cross-modal (MACRec) and Sinkhorn-balanced (LC-Rec)
+Written once; plain (TIGER), Sinkhorn-trained (MQL4GRec, LC-Rec) and cross-modal (MACRec)
 pre-stages all use this class.
 """
 import torch
@@ -11,28 +11,41 @@ from recbole_macrec.quantization.kmeans import kmeans
 
 
 def mlp(dims, dropout=0.0):
-    """Linear layers over ``dims`` with ReLU between them and nothing after the last."""
+    """Linear layers over ``dims`` with ReLU between them and nothing after the last; weights
+    xavier-normal and biases zero, as the released MACRec / MQL4GRec / LC-Rec RQ-VAEs do."""
     layers = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(d_in, d_out))
+        linear = nn.Linear(d_in, d_out)
+        nn.init.xavier_normal_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
         if i < len(dims) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 
 @torch.no_grad()
-def sinkhorn(cost, epsilon, iters):
-    """Balanced soft assignment ``[n, m]`` for a cost matrix ``[n, m]`` (Sinkhorn-Knopp)."""
-    cost = cost.double()
-    q = torch.exp(-(cost - cost.min()) / (epsilon * (cost.max() - cost.min()).clamp_min(1e-12)))
-    n, m = q.shape
+def sinkhorn(distances, epsilon, iters):
+    """Balanced assignment weights ``[n, m]`` for squared distances ``[n, m]``, computed as the
+    released RQ-VAEs do: distances centred and scaled into [-1, 1], ``exp(-d / epsilon)`` in
+    float64, then ``iters`` rounds of (rows to 1/n, columns to 1/m). ``argmax`` per row is the code."""
+    d = distances.double()
+    middle = (d.max() + d.min()) / 2
+    amplitude = d.max() - middle + 1e-5
+    q = torch.exp(-((d - middle) / amplitude) / epsilon)
     q = q / q.sum()
+    n, m = q.shape
     for _ in range(iters):
-        q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-300) / m
-        q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-300) / n
-    return q.float()
+        q = q / q.sum(dim=1, keepdim=True) / n
+        q = q / q.sum(dim=0, keepdim=True) / m
+    return q * n
+
+
+def squared_distances(x, book):
+    """``[B, M]`` squared Euclidean distances of rows ``x [B, d]`` to codewords ``book [M, d]``."""
+    return x.pow(2).sum(1, keepdim=True) - 2 * x @ book.t() + book.pow(2).sum(1)[None, :]
 
 
 class ResidualQuantizer(nn.Module):
@@ -49,18 +62,15 @@ class ResidualQuantizer(nn.Module):
         self.sinkhorn_epsilon = sinkhorn_epsilon
         self.sinkhorn_iters = sinkhorn_iters
 
-    @property
-    def num_levels(self):
-        return len(self.codebooks)
-
     @torch.no_grad()
-    def kmeans_init(self, z, seed):
-        """Initialise each codebook with k-means on the residuals entering its level."""
+    def kmeans_init(self, z, seed, niter):
+        """Initialise each codebook with k-means (``niter`` iterations) on the residuals entering
+        its level."""
         residual = z
         for book in self.codebooks:
-            centroids, _ = kmeans(residual.cpu().numpy(), book.shape[0], seed=seed)
+            centroids, _ = kmeans(residual.cpu().numpy(), book.shape[0], seed=seed, niter=niter)
             book.data.copy_(torch.from_numpy(centroids).to(book))
-            residual = residual - book[torch.cdist(residual, book).argmin(dim=1)]
+            residual = residual - book[squared_distances(residual, book).argmin(dim=1)]
 
     @torch.no_grad()
     def restart_dead_codes(self, residuals, codes, generator, optimizer=None):
@@ -85,56 +95,81 @@ class ResidualQuantizer(nn.Module):
             moved.append(len(dead))
         return moved
 
-    def assign(self, residual, level, balanced=None):
-        """Codes ``[B]`` and squared distances ``[B, M]`` of ``residual`` at ``level``."""
-        book = self.codebooks[level]
-        dist = (residual.pow(2).sum(1, keepdim=True) - 2 * residual @ book.t()
-                + book.pow(2).sum(1)[None, :])
-        use_sk = level in self.sinkhorn_levels if balanced is None else balanced
-        if use_sk:
+    def assign(self, residual, level, balanced):
+        """Codes ``[B]`` and squared distances ``[B, M]`` of ``residual`` at ``level``; Sinkhorn
+        on this level's ``sinkhorn_levels`` when ``balanced``, else the nearest codeword."""
+        dist = squared_distances(residual, self.codebooks[level])
+        if balanced and level in self.sinkhorn_levels:
             codes = sinkhorn(dist.detach(), self.sinkhorn_epsilon, self.sinkhorn_iters).argmax(dim=1)
         else:
             codes = dist.argmin(dim=1)
         return codes, dist
 
-    def forward(self, z):
-        """Returns quantised ``[B, d]`` (straight-through), codes ``[B, L]``, residuals
-        ``[L, B, d]`` (the input of each level), distances ``[L, B, M]`` and the VQ loss."""
-        residual, quantized = z, torch.zeros_like(z)
-        codes, residuals, dists, vq_losses = [], [], [], []
+    def forward(self, z, balanced=True):
+        """Quantise ``z [B, d]``. Returns a dict:
+
+        - ``quantized [B, d]``: straight-through (value: the sum of the chosen codewords; gradient:
+          to ``z`` only), what the decoder reads;
+        - ``codes [B, L]``, ``distances [L, B, M]`` (detached) and ``vq_loss`` (mean over levels);
+        - ``residuals [L, B, d]``: the input of each level along the straight-through path, as the
+          released code computes it. For every level >= 1 it carries no gradient at all
+          (``r_{l+1} = -sg(e_l - r_l)``);
+        - ``residuals_grad [L, B, d]``: the same values along ``r_{l+1} = r_l - e_{c_l}`` with the
+          chosen codewords' gradient, so a loss on level ``l`` reaches the encoder and the
+          codebooks of levels ``< l`` (the paper's per-level residuals);
+        - ``codeword_sum [B, d]``: the sum of the chosen codewords, with their gradient.
+
+        ``balanced=False`` assigns by nearest codeword on every level (code extraction)."""
+        residual, residual_grad = z, z
+        quantized, codeword_sum = torch.zeros_like(z), torch.zeros_like(z)
+        codes, residuals, residuals_grad, dists, vq_losses = [], [], [], [], []
         for level, book in enumerate(self.codebooks):
             residuals.append(residual)
-            code, dist = self.assign(residual, level)
+            residuals_grad.append(residual_grad)
+            code, dist = self.assign(residual, level, balanced)
             chosen = book[code]
             vq_losses.append(F.mse_loss(chosen, residual.detach())
                              + self.beta * F.mse_loss(residual, chosen.detach()))
-            # Straight-through per level, as the released RQ-VAEs do: the next residual is
-            # residual - chosen_st, so only level 0 passes reconstruction gradients to z and the
-            # deeper commitment terms do not pull z.
+            # Straight-through per level, as the released RQ-VAEs do: only level 0 passes
+            # reconstruction gradients to z and the deeper commitment terms do not pull z.
             chosen_st = residual + (chosen - residual).detach()
             quantized = quantized + chosen_st
             residual = residual - chosen_st
+            residual_grad = residual_grad - chosen
+            codeword_sum = codeword_sum + chosen
             codes.append(code)
             dists.append(dist.detach())
-        return (quantized, torch.stack(codes, dim=1), torch.stack(residuals), torch.stack(dists),
-                torch.stack(vq_losses).mean())
+        return {"quantized": quantized, "codes": torch.stack(codes, dim=1),
+                "residuals": torch.stack(residuals), "residuals_grad": torch.stack(residuals_grad),
+                "codeword_sum": codeword_sum, "distances": torch.stack(dists),
+                "vq_loss": torch.stack(vq_losses).mean()}
 
 
 class RQVAE(nn.Module):
-    """One view's RQ-VAE: ``x [B, in_dim]`` -> ``z [B, e_dim]`` -> L codes -> reconstruction."""
+    """One view's RQ-VAE: ``x [B, in_dim]`` -> ``z [B, e_dim]`` -> L codes -> reconstruction.
+
+    ``projection_dim > 0`` puts a Linear(in_dim -> projection_dim) with no activation after it in
+    front of the encoder MLP (and its mirror after the decoder), as the released MACRec
+    cross-modal RQ-VAE does (its "align" encoder/decoder of width 768)."""
 
     def __init__(self, in_dim, hidden_layers, e_dim, num_levels, codebook_size, beta=0.25,
-                 dropout=0.0, sinkhorn_levels=(), sinkhorn_epsilon=0.003, sinkhorn_iters=50):
+                 dropout=0.0, projection_dim=0, sinkhorn_levels=(), sinkhorn_epsilon=0.003,
+                 sinkhorn_iters=50):
         super().__init__()
-        dims = [in_dim, *hidden_layers, e_dim]
-        self.encoder = mlp(dims, dropout)
-        self.decoder = mlp(dims[::-1], dropout)
+        width = projection_dim or in_dim
+        dims = [width, *hidden_layers, e_dim]
+        encoder, decoder = [mlp(dims, dropout)], [mlp(dims[::-1], dropout)]
+        if projection_dim:
+            encoder.insert(0, mlp([in_dim, projection_dim], dropout))
+            decoder.append(mlp([projection_dim, in_dim], dropout))
+        self.encoder = nn.Sequential(*encoder)
+        self.decoder = nn.Sequential(*decoder)
         self.quantizer = ResidualQuantizer(num_levels, codebook_size, e_dim, beta, sinkhorn_levels,
                                            sinkhorn_epsilon, sinkhorn_iters)
 
     def forward(self, x):
         z = self.encoder(x)
-        quantized, codes, residuals, dists, vq_loss = self.quantizer(z)
-        recon = self.decoder(quantized)
-        return {"z": z, "quantized": quantized, "codes": codes, "residuals": residuals,
-                "distances": dists, "vq_loss": vq_loss, "recon_loss": F.mse_loss(recon, x)}
+        out = self.quantizer(z)
+        out["z"] = z
+        out["recon_loss"] = F.mse_loss(self.decoder(out["quantized"]), x)
+        return out

@@ -1,8 +1,10 @@
 """Train RQ-VAEs on item views and return per-view semantic IDs (before collision resolution).
 
-Methods: ``rqvae`` (one RQ-VAE per view, TIGER / MQL4GRec), ``rqvae_sinkhorn`` (the same with a
-Sinkhorn-balanced last level, LC-Rec) and ``macrec`` (two views trained jointly with MACRec's
-per-level cross-modal InfoNCE and reconstruction alignment).
+Methods: ``rqvae`` (one RQ-VAE per view, TIGER), ``rqvae_sinkhorn`` (the same with its last
+level assigned by Sinkhorn while training, as MQL4GRec's and LC-Rec's released RQ-VAEs do) and
+``macrec`` (two views trained jointly with MACRec's per-level cross-modal InfoNCE and
+reconstruction alignment). Codes are always extracted by nearest codeword, as all three released
+code bases do.
 """
 from dataclasses import dataclass, field
 from logging import getLogger
@@ -13,10 +15,32 @@ from tqdm import tqdm
 
 from recbole_macrec.quantization.collisions import collision_rate
 from recbole_macrec.quantization.kmeans import pseudo_labels
-from recbole_macrec.quantization.losses import cross_modal_level_loss, symmetric_info_nce
+from recbole_macrec.quantization.losses import (
+    cross_modal_level_loss, self_positive_level_loss, symmetric_info_nce)
 from recbole_macrec.quantization.rqvae import RQVAE
 
 METHODS = ("rqvae", "rqvae_sinkhorn", "macrec", "import")
+TRAINED_METHODS = METHODS[:3]
+CON_VARIANTS = ("paper", "released", "none")
+COLLISION_STRATEGIES = ("reassign", "sinkhorn", "extra_level")
+LR_SCHEDULES = ("constant", "linear")
+
+
+def lr_factor(params, steps_per_epoch):
+    """LR multiplier per optimiser step: linear warm-up over ``warmup_epochs``, then constant or
+    linear decay to 0 at the last step (transformers' constant / linear schedules with warm-up,
+    which LC-Rec's RQ-VAE trainer uses)."""
+    warmup = params.warmup_epochs * steps_per_epoch
+    total = params.epochs * steps_per_epoch
+
+    def factor(step):
+        if step < warmup:
+            return step / warmup
+        if params.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
 
 
 @dataclass
@@ -24,43 +48,77 @@ class QuantizerParams:
     num_levels: int = 4
     codebook_size: int = 256
     e_dim: int = 32
-    encoder_layers: tuple = (768, 2048, 1024, 512, 256, 128, 64)
-    epochs: int = 500
+    encoder_layers: tuple = (2048, 1024, 512, 256, 128, 64)
+    projection_dim: int = 768
+    epochs: int = 1000
     batch_size: int = 2048
     learning_rate: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
     beta: float = 0.25
     dropout: float = 0.0
-    kmeans_iters: int = 50
+    kmeans_iters: int = 100
+    eval_step: int = 2
     pseudo_label_k: int = 512
+    con_variant: str = "paper"
     con_weights: tuple = (0.0, 0.0, 0.1, 0.1)
-    con_positive: str = "cluster"
     align_weight: float = 0.001
     temperature: float = 0.1
     sinkhorn_epsilon: float = 0.003
     sinkhorn_iters: int = 50
     collision: str = "reassign"
+    collision_sinkhorn_rounds: int = 20
     dead_code_restart: bool = False
 
     @classmethod
     def from_config(cls, config):
+        if config["sid_con_positive"] is not None:
+            raise ValueError("sid_con_positive was removed: sid_con_variant: paper takes positives from "
+                             "the other view's clusters, sid_con_variant: released is the released code "
+                             "(every anchor its own positive)")
         values = {}
         for name in cls.__dataclass_fields__:
             value = config[f"sid_{name}"]
             if value is not None:
                 values[name] = tuple(value) if isinstance(value, list) else value
         params = cls(**values)
-        if len(params.con_weights) != params.num_levels:
-            raise ValueError(f"sid_con_weights has {len(params.con_weights)} entries for "
-                             f"{params.num_levels} levels")
-        if params.collision not in ("reassign", "extra_level"):
-            raise ValueError(f"sid_collision must be 'reassign' or 'extra_level', got '{params.collision}'")
+        params.validate()
         return params
+
+    def validate(self):
+        """Clear errors, naming the setting, for values the pre-stage cannot use."""
+        for name in ("num_levels", "codebook_size", "e_dim", "epochs", "batch_size", "eval_step",
+                     "pseudo_label_k", "kmeans_iters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"sid_{name} must be a positive integer, got {value!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"sid_lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+                             f"'{self.lr_schedule}'")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) \
+                or self.warmup_epochs < 0:
+            raise ValueError(f"sid_warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}")
+        if self.con_variant not in CON_VARIANTS:
+            raise ValueError(f"sid_con_variant must be one of {', '.join(CON_VARIANTS)}, got "
+                             f"'{self.con_variant}'")
+        if len(self.con_weights) > self.num_levels:
+            raise ValueError(f"sid_con_weights has {len(self.con_weights)} entries but sid_num_levels is "
+                             f"{self.num_levels}: a weight on level {self.num_levels} (0-based), which "
+                             f"does not exist")
+        if len(self.con_weights) < self.num_levels:
+            raise ValueError(f"sid_con_weights has {len(self.con_weights)} entries for "
+                             f"sid_num_levels={self.num_levels}: give one weight per level")
+        if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in self.con_weights):
+            raise ValueError(f"sid_con_weights must be non-negative numbers, got {list(self.con_weights)}")
+        if self.collision not in COLLISION_STRATEGIES:
+            raise ValueError(f"sid_collision must be one of {', '.join(COLLISION_STRATEGIES)}, got "
+                             f"'{self.collision}'")
 
 
 @dataclass
 class ViewCodes:
-    codes: np.ndarray                  # [N, L] before resolution
+    codes: np.ndarray                  # [N, L] before resolution (nearest codeword per level)
     last_distances: np.ndarray         # [N, M] squared distance of the last residual to each codeword
     prev_distances: np.ndarray         # [N, M] the same at level L-2
     epoch: int                         # the epoch these codes come from (lowest collision rate)
@@ -68,11 +126,15 @@ class ViewCodes:
     history: list = field(default_factory=list)
 
 
-def _build(views, params, method, device):
+def build_models(views, params, method, device):
+    """One RQ-VAE per view. ``rqvae_sinkhorn`` assigns its last level by Sinkhorn while training
+    (MQL4GRec's and LC-Rec's released RQ-VAEs); only ``macrec`` has the released CrossRQVAE's
+    Linear(in -> projection_dim) in front of the encoder."""
     sinkhorn_levels = (params.num_levels - 1,) if method == "rqvae_sinkhorn" else ()
+    projection = params.projection_dim if method == "macrec" else 0
     return {
         name: RQVAE(x.shape[1], list(params.encoder_layers), params.e_dim, params.num_levels,
-                    params.codebook_size, params.beta, params.dropout, sinkhorn_levels,
+                    params.codebook_size, params.beta, params.dropout, projection, sinkhorn_levels,
                     params.sinkhorn_epsilon, params.sinkhorn_iters).to(device)
         for name, x in views.items()
     }
@@ -80,43 +142,66 @@ def _build(views, params, method, device):
 
 @torch.no_grad()
 def encode_all(model, x, batch_size):
-    """Codes ``[N, L]``, distances ``[L, N, M]`` and level input residuals ``[L, N, d]`` (tensors
-    on ``x``'s device) for every row of ``x``."""
+    """Codes ``[N, L]`` (nearest codeword on every level, as the released code extracts them),
+    distances ``[L, N, M]`` and level input residuals ``[L, N, d]`` for every row of ``x``."""
     model.eval()
     codes, dists, residuals = [], [], []
     for start in range(0, len(x), batch_size):
-        _, code, residual, dist, _ = model.quantizer(model.encoder(x[start:start + batch_size]))
-        codes.append(code)
-        dists.append(dist)
-        residuals.append(residual)
+        out = model.quantizer(model.encoder(x[start:start + batch_size]), balanced=False)
+        codes.append(out["codes"])
+        dists.append(out["distances"])
+        residuals.append(out["residuals"])
     return torch.cat(codes), torch.cat(dists, dim=1), torch.cat(residuals, dim=1)
 
 
-def batch_loss(models, outputs, labels, idx, params, method, generator):
-    """Total loss and its named parts for one batch (``outputs``: view -> RQVAE output)."""
+def contrastive_parts(out_a, out_b, labels_a, labels_b, params, generator):
+    """MACRec's cross-modal terms ``{name: weighted loss}`` for two views' RQ-VAE outputs.
+
+    ``paper``: level ``l`` adds ``con_weights[l]`` x InfoNCE on the gradient-carrying residuals
+    with positives from the other view's clusters; the alignment reads the sum of the chosen
+    codewords (the paper's formula, so it trains the codebooks). ``released``: the released
+    code's objective exactly: self positives on the straight-through residuals of every level,
+    averaged over the levels (so only level 0 trains anything), alignment on the
+    straight-through quantized vectors. ``none``: no contrastive term."""
+    parts = {}
+    if params.con_variant == "paper":
+        for level, weight in enumerate(params.con_weights):
+            if weight > 0:
+                parts[f"con{level}"] = weight * cross_modal_level_loss(
+                    out_a["residuals_grad"][level], out_b["residuals_grad"][level], labels_a,
+                    labels_b, params.temperature, generator)
+    elif params.con_variant == "released":
+        levels = range(params.num_levels)
+        parts["con"] = sum(self_positive_level_loss(out_a["residuals"][level], out_b["residuals"][level],
+                                                    params.temperature) for level in levels) / len(levels)
+    if params.align_weight > 0:
+        key = "codeword_sum" if params.con_variant == "paper" else "quantized"
+        parts["align"] = params.align_weight * symmetric_info_nce(out_a[key], out_b[key], params.temperature)
+    return parts
+
+
+def batch_loss(outputs, labels, idx, params, method, generator):
+    """Total loss and its named parts for one batch (``outputs``: view -> RQVAE output; ``labels``:
+    view -> pseudo-labels of all items, empty when the variant needs none; ``idx``: the batch's
+    item rows)."""
     parts = {}
     for name, out in outputs.items():
         parts[f"{name}/recon"] = out["recon_loss"]
         parts[f"{name}/vq"] = out["vq_loss"]
     if method == "macrec":
         (a, out_a), (b, out_b) = outputs.items()
-        for level, weight in enumerate(params.con_weights):
-            if weight > 0:
-                parts[f"con{level}"] = weight * cross_modal_level_loss(
-                    out_a["residuals"][level], out_b["residuals"][level], labels[a][idx],
-                    labels[b][idx], params.temperature, params.con_positive, generator)
-        if params.align_weight > 0:
-            parts["align"] = params.align_weight * symmetric_info_nce(
-                out_a["quantized"], out_b["quantized"], params.temperature)
+        labels_a, labels_b = (labels[a][idx], labels[b][idx]) if labels else (None, None)
+        parts.update(contrastive_parts(out_a, out_b, labels_a, labels_b, params, generator))
     return sum(parts.values()), parts
 
 
 def train_quantizers(views, method, params, seed, device="cpu", show_progress=True):
     """Train on ``views`` (name -> ``[N, d]`` float32, rows aligned by item) and return, per view,
-    the codes of the epoch with the lowest collision rate (:class:`ViewCodes`)."""
+    the codes of the evaluated epoch (every ``eval_step`` epochs and the last) with the lowest
+    collision rate (:class:`ViewCodes`)."""
     logger = getLogger()
-    if method not in ("rqvae", "rqvae_sinkhorn", "macrec"):
-        raise ValueError(f"unknown training method '{method}' (expected rqvae, rqvae_sinkhorn, macrec)")
+    if method not in TRAINED_METHODS:
+        raise ValueError(f"unknown training method '{method}' (expected {', '.join(TRAINED_METHODS)})")
     if method == "macrec" and len(views) != 2:
         raise ValueError(f"macrec needs exactly two views, got {list(views)}")
     n_items = len(next(iter(views.values())))
@@ -127,16 +212,17 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
     generator = torch.Generator(device=device).manual_seed(seed)
     x = {name: torch.as_tensor(v, dtype=torch.float32, device=device) for name, v in views.items()}
     labels = {}
-    if method == "macrec":
-        labels = {name: torch.as_tensor(pseudo_labels(v, params.pseudo_label_k, seed,
-                                                      params.kmeans_iters), device=device)
+    if method == "macrec" and params.con_variant == "paper":
+        labels = {name: torch.as_tensor(pseudo_labels(v, params.pseudo_label_k, seed), device=device)
                   for name, v in views.items()}
-    models = _build(views, params, method, device)
+    models = build_models(views, params, method, device)
     for name, model in models.items():
         with torch.no_grad():
-            model.quantizer.kmeans_init(model.encoder(x[name]), seed)
+            model.quantizer.kmeans_init(model.encoder(x[name]), seed, params.kmeans_iters)
     optimizer = torch.optim.AdamW([p for m in models.values() for p in m.parameters()],
                                   lr=params.learning_rate, weight_decay=params.weight_decay)
+    steps_per_epoch = -(-n_items // params.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(params, steps_per_epoch))
     best, history = {}, {name: [] for name in models}
     epochs = tqdm(range(params.epochs), desc=f"pre-stage {method}", ncols=100,
                   disable=not show_progress)
@@ -148,12 +234,17 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
         for start in range(0, n_items, params.batch_size):
             idx = order[start:start + params.batch_size]
             outputs = {name: models[name](x[name][idx]) for name in models}
-            loss, parts = batch_loss(models, outputs, labels, idx, params, method, generator)
+            loss, parts = batch_loss(outputs, labels, idx, params, method, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            scheduler.step()
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v.item() * len(idx) / n_items
+        evaluated = (epoch + 1) % params.eval_step == 0 or epoch == params.epochs - 1
+        restart = params.dead_code_restart and epoch < params.epochs - 1
+        if not (evaluated or restart):
+            continue
         rates = {}
         for name, model in models.items():
             codes, dists, residuals = encode_all(model, x[name], params.batch_size)
@@ -161,11 +252,11 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
             rates[name] = collision_rate(codes_np)
             entry = {"epoch": epoch, "collision_rate": rates[name],
                      **{k: v for k, v in totals.items() if k.startswith(name + "/")}}
-            if name not in best or rates[name] < best[name].rate:
+            if evaluated and (name not in best or rates[name] < best[name].rate):
                 dists = dists.cpu().numpy()
                 best[name] = ViewCodes(codes_np, dists[-1], dists[max(len(dists) - 2, 0)], epoch,
                                        rates[name])
-            if params.dead_code_restart and epoch < params.epochs - 1:
+            if restart:
                 entry["dead_codes_restarted"] = model.quantizer.restart_dead_codes(
                     residuals, codes, generator, optimizer)
             history[name].append(entry)
