@@ -1,5 +1,6 @@
 """Where a generative model's training time goes: data loading vs compute, before and after the
-speed work (device-resident, length-grouped batches; tasks packed into one forward pass).
+speed work (device-resident, length-grouped batches; tasks packed into one forward pass), and the
+released task mixture's epoch (``gr_task_mix: released``).
 
 Every variant runs in the same process on the same model, data and device, so the ratios are
 side-by-side comparisons (absolute seconds on a shared CPU are upper bounds):
@@ -14,7 +15,9 @@ packed tasks} x {random batches, length-grouped batches}; the share of history-t
 are padding in random vs grouped batches (over a whole epoch); the estimated epoch time of
 the old path (RecBole loader, one forward per task, random batches) vs the new one; the new
 path's FLOPs per step and epoch, and the FLOP/s its step time achieves; and, on CUDA, the host
-syncs per training step with the source lines that make them.
+syncs per training step with the source lines that make them. The ``mixture`` section times the
+released mixture's steps (every history task over every training row, every item task over every
+catalogue item, shuffled together and length-grouped) and counts its epoch's FLOPs.
 """
 import argparse
 import copy
@@ -26,7 +29,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_macrec.data.device_loader import LengthGroupedLoader  # noqa: E402
+from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader  # noqa: E402
 from recbole_macrec.leaderboard import parse_overrides  # noqa: E402
 from recbole_macrec.quick_start import build_run, machine_description  # noqa: E402
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer  # noqa: E402
@@ -79,17 +82,19 @@ def flops_per_step(trainer, batches):
 
 
 def epoch_flops(trainer, loader, rows_per_length=8):
-    """Floating-point operations of one epoch of ``loader`` (a LengthGroupedLoader). A batch is
+    """Floating-point operations of one epoch of ``loader`` (a LengthGroupedLoader or a
+    TaskMixtureLoader, whose rows of one length cost about the same whatever their task). A batch is
     computed at its longest history, so its FLOPs are rows x (FLOPs per row at that length); the
     per-row FLOPs of each length come from one step on a few rows of exactly that length, which is
     far cheaper than counting every batch and, unlike a few sampled batches, has no sampling error
     (histories of 1 and of 20 items differ several-fold). Terms that grow with rows squared (MACRec's
     in-batch implicit loss, a batch x batch similarity) are not exact: 0.8% off on the tiny test data."""
+    lengths = loader.row_lengths()
     per_row = {}
-    for length in torch.unique(loader.length).tolist():
-        rows = torch.nonzero(loader.length == length).flatten()[:rows_per_length]
-        per_row[length] = flops_per_step(trainer, [loader.data[rows]]) / len(rows)
-    return sum(len(index) * per_row[int(loader.length[index].max())] for index in loader.epoch_order())
+    for length in torch.unique(lengths).tolist():
+        rows = torch.nonzero(lengths == length).flatten()[:rows_per_length]
+        per_row[length] = flops_per_step(trainer, [loader.batch(rows)]) / len(rows)
+    return sum(len(index) * per_row[int(lengths[index].max())] for index in loader.epoch_order())
 
 
 def host_syncs_per_step(trainer, batches, device):
@@ -151,6 +156,13 @@ def main(argv=None):
               "padding_share": {"random": padding_share(random_loader, field),
                                 "grouped": padding_share(grouped_loader, field)}}
 
+    mixture = model.task_mixture()
+    if mixture is not None:
+        fields = {"seq": model.ITEM_SEQ, "length": model.ITEM_SEQ_LEN, "item": model.POS_ITEM_ID}
+        mixture_loader = TaskMixtureLoader(train_data, device, fields, mixture, model.n_items, group=group,
+                                           seed=config["seed"])
+        report["mixture"] = {"tasks": [t for t, _ in mixture], "batches_per_epoch": len(mixture_loader),
+                             "padding_share": padding_share(mixture_loader, field)}
     if args.data_only:
         return write_report(report, args.out)
     if args.flops_only:
@@ -158,6 +170,8 @@ def main(argv=None):
         trainer = GenerativeTrainer(config, model)
         report["flops"] = {"per_epoch": epoch_flops(trainer, grouped_loader),
                            "per_epoch_random_batches": epoch_flops(trainer, random_loader)}
+        if mixture is not None:
+            report["mixture"]["flops_per_epoch"] = epoch_flops(trainer, mixture_loader)
         return write_report(report, args.out)
     batches = {"random": [b for _, b in zip(range(n + 1), random_loader)],
                "grouped": [b for _, b in zip(range(n + 1), grouped_loader)]}
@@ -180,6 +194,15 @@ def main(argv=None):
                        "per_epoch": epoch_flops(trainer, grouped_loader)}
     print(f"{timed / 1e12:.3f} TFLOP per timed step, {report['flops']['achieved_tflop_s']:.2f} TFLOP/s "
           f"achieved; {report['flops']['per_epoch'] / 1e12:.1f} TFLOP per epoch", flush=True)
+    if mixture is not None:
+        model.load_state_dict(initial)
+        trainer = GenerativeTrainer(config, model)
+        steps = [b for _, b in zip(range(n + 1), mixture_loader)]
+        report["mixture"]["compute_s_per_batch"] = step_seconds(trainer, steps, min(n, len(steps) - 1), device)
+        report["mixture"]["flops_per_epoch"] = epoch_flops(trainer, mixture_loader)
+        report["mixture"]["epoch_s_estimate"] = report["mixture"]["compute_s_per_batch"] * len(mixture_loader)
+        print(f"mixture: {report['mixture']['compute_s_per_batch']:.3f} s/step x {len(mixture_loader)} steps; "
+              f"{report['mixture']['flops_per_epoch'] / 1e12:.1f} TFLOP per epoch", flush=True)
     if device.type == "cuda":   # the new path (packed, grouped), on the model as trained above
         try:
             per_step, where = host_syncs_per_step(trainer, batches["grouped"][:4], device)

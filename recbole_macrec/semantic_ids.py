@@ -90,7 +90,10 @@ def load_imported_codes(config, view, items):
                               f"(e.g. '{sorted(extra)[0]}'): is it another dataset's file?")
     lengths = {len(raw[t]) for t in items}
     if len(lengths) != 1:
-        raise SemanticIdError(f"{path}: code lengths differ between items: {sorted(lengths)}")
+        first = len(raw[items[0]])
+        odd = next(t for t in items if len(raw[t]) != first)
+        raise SemanticIdError(f"{path}: code lengths differ between items: item '{items[0]}' has "
+                              f"{first} codes, item '{odd}' has {len(raw[odd])}")
     return np.asarray([raw[t] for t in items], dtype=np.int64)
 
 

@@ -69,3 +69,14 @@ def test_flops_only_report(tiny_dataset):
     # random batches pad every history to the batch's longest: more work than length-grouped ones
     assert report["flops"]["per_epoch_random_batches"] > report["flops"]["per_epoch"] > 0
     assert "compute_s_per_batch" not in report
+
+
+def test_beam_benchmark_last_line_reports_identical_lists_equal_scores_and_ratio(capsys):
+    import re
+
+    import beam_search_vs_hf
+
+    beam_search_vs_hf.main(["--users=4", "--batch=2", "--items=300", "--codes=", "--device=cpu"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"identical lists: (yes|no); max score difference: (\S+); ratio: ([\d.]+)x", last)
+    assert match and match.group(1) == "yes" and float(match.group(2)) < 1e-3

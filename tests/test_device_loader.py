@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import build_model, write_codes
-from recbole_macrec.data.device_loader import LengthGroupedLoader, device_loader_applies
+from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader, device_loader_applies
 
 
 @pytest.fixture
@@ -62,7 +62,12 @@ def test_trainer_trains_from_the_device_loader(tiger_data):
     config["gr_length_group"] = 4
     trainer = GenerativeTrainer(config, model)
     trainer.fit(data[0], saved=False)
-    assert isinstance(trainer.device_loader, LengthGroupedLoader) and trainer.device_loader.source is data[0]
+    assert isinstance(trainer.device_loader, TaskMixtureLoader) and trainer.device_loader.source is data[0]
+    assert trainer.device_loader.group == 4
+    config["gr_length_group"] = 0      # the mixture's batches without length grouping
+    assert GenerativeTrainer(config, model).batches_of(data[0]).group == 1
+    model.task_mix, config["gr_length_group"] = "per_batch", 4
+    assert type(GenerativeTrainer(config, model).batches_of(data[0])) is LengthGroupedLoader
     config["gr_length_group"] = 0
     assert GenerativeTrainer(config, model).batches_of(data[0]) is data[0]
     config["gr_length_group"], config["single_spec"] = 4, False   # DDP: RecBole's sharded loader
@@ -82,3 +87,74 @@ def test_training_from_the_device_loader_is_reproducible_from_the_seed(tiny_data
     first = _trained_weights(tiny_dataset, 7)
     assert torch.equal(first, _trained_weights(tiny_dataset, 7))
     assert not torch.equal(first, _trained_weights(tiny_dataset, 8))
+
+
+def _macrec(tiny_dataset, **extra):
+    write_codes(tiny_dataset / "tiny")
+    return build_model("MACRec", tiny_dataset, train_batch_size=16, **extra)
+
+
+def _mixture_loader(model, config, data, group=4, seed=1):
+    from recbole_macrec.data.device_loader import TaskMixtureLoader
+
+    fields = {"seq": model.ITEM_SEQ, "length": model.ITEM_SEQ_LEN, "item": model.POS_ITEM_ID}
+    return TaskMixtureLoader(data[0], "cpu", fields, model.task_mixture(), model.n_items, group=group, seed=seed)
+
+
+def test_mixture_epoch_holds_every_training_row_per_history_task_and_every_item_per_item_task(tiny_dataset):
+    from recbole_macrec.data.device_loader import TASK_FIELD
+
+    model, config, data = _macrec(tiny_dataset)
+    mixture = model.task_mixture()
+    assert [kind for _, kind in mixture] == ["seq", "seq", "item", "item", "seq", "seq"]
+    loader = _mixture_loader(model, config, data)
+    train = data[0]._dataset.inter_feat
+    train_rows = sorted(zip(train[model.ITEM_SEQ_LEN].tolist(), train[model.POS_ITEM_ID].tolist(),
+                            map(tuple, train[model.ITEM_SEQ].tolist())))
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader) and all(len(b) <= 16 for b in batches)
+        per_task = {t: [] for t in range(len(mixture))}
+        for b in batches:
+            for t, length, item, seq in zip(b[TASK_FIELD].tolist(), b[model.ITEM_SEQ_LEN].tolist(),
+                                            b[model.POS_ITEM_ID].tolist(), map(tuple, b[model.ITEM_SEQ].tolist())):
+                per_task[t].append((length, item, seq))
+        for t, (_, kind) in enumerate(mixture):
+            if kind == "seq":
+                assert sorted(per_task[t]) == train_rows
+            else:   # each catalogue item exactly once, with no history
+                assert sorted(item for _, item, _ in per_task[t]) == list(range(1, model.n_items))
+                assert all(length == 0 and not any(seq) for length, _, seq in per_task[t])
+
+
+def test_single_history_task_mixture_is_the_length_grouped_epoch(tiger_data):
+    model, config, data = tiger_data
+    assert model.task_mixture() == [("seqrec", "seq")]
+    mixture = _mixture_loader(model, config, data, group=3, seed=2)
+    plain = LengthGroupedLoader(data[0], "cpu", config["ITEM_LIST_LENGTH_FIELD"], group=3, seed=2)
+    for a, b in zip(_epoch(mixture), _epoch(plain)):
+        for field in (model.ITEM_SEQ, model.ITEM_SEQ_LEN, model.POS_ITEM_ID):
+            assert torch.equal(a[field], b[field])
+
+
+def test_tiger_trains_the_same_under_both_task_mixes(tiny_dataset):
+    """One task: the released mixture's epoch and loss are today's (token mean = row mean)."""
+    from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
+
+    write_codes(tiny_dataset / "tiny")
+    weights = {}
+    for mix in ("released", "per_batch"):
+        model, config, data = build_model("TIGER", tiny_dataset, train_batch_size=8, gr_task_mix=mix, epochs=2)
+        GenerativeTrainer(config, model).fit(data[0], saved=False)
+        weights[mix] = model.state_dict()
+    for name, value in weights["released"].items():
+        torch.testing.assert_close(value, weights["per_batch"][name], rtol=1e-4, atol=1e-5)
+
+
+def test_released_mixture_needs_the_device_loader(tiny_dataset):
+    from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
+
+    model, config, data = _macrec(tiny_dataset)
+    config["transform"] = "mask_itemseq"
+    with pytest.raises(ValueError, match="gr_task_mix: released builds its epochs on the device"):
+        GenerativeTrainer(config, model).batches_of(data[0])

@@ -172,3 +172,45 @@ def test_bf16_autocast_trains_and_decodes_like_fp32(tiny_dataset, model_name):
     assert low.dtype == full.dtype == torch.float32 and low.shape == full.shape
     # the top item agrees for most users (bf16 may reorder near-ties)
     assert (low.argmax(1) == full.argmax(1)).float().mean() >= 0.75
+
+
+def test_beam_scores_equal_transformers_generate_with_the_released_settings(tiger):
+    """transformers' beam search (beam 20, 20 sequences, length_penalty 1, eos only after a full
+    item): identical item lists and sequences_scores = (sum of code log-probs + log p(eos)) / (L+1)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from beam_search_vs_hf import hf_generate
+
+    model, _, data = tiger
+    batch = _batch(data, 5)
+    src, mask = model.history_source("text", batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], "seqrec")
+    tokens = model.vocab.item_token_table("text")
+    prefix_tree, item_of = {}, {}
+    for item in range(1, model.n_items):
+        node = prefix_tree
+        for t in tokens[item].tolist():
+            node = node.setdefault(t, {})
+        item_of[tuple(tokens[item].tolist())] = item
+    hf_items, hf_scores = hf_generate(model.t5, prefix_tree, item_of, src, mask, 20, tokens.shape[1])
+    items, scores = model.beam_search(batch, "text")
+    assert torch.equal(items, hf_items)
+    torch.testing.assert_close(scores, hf_scores, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bf16_eval", [False, True])
+def test_decoding_runs_in_fp32_unless_bf16_eval_is_asked(tiny_dataset, bf16_eval):
+    from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
+
+    write_codes(tiny_dataset / "tiny")
+    model, config, data = build_model("TIGER", tiny_dataset, gr_bf16_eval=bf16_eval)
+    trainer = GenerativeTrainer(config, model)
+    trainer.bf16 = True     # as on CUDA; on this CPU the autocast is the CPU's
+    seen = {"train": [], "eval": []}
+    loss, predict = model.calculate_loss, model.full_sort_predict
+    model.calculate_loss = lambda b: seen["train"].append(torch.is_autocast_enabled("cpu")) or loss(b)
+    model.full_sort_predict = lambda b: seen["eval"].append(torch.is_autocast_enabled("cpu")) or predict(b)
+    trainer.fit(data[0], data[1], saved=False)
+    assert seen["train"] and all(seen["train"])
+    assert seen["eval"] and all(flag == bf16_eval for flag in seen["eval"])

@@ -44,7 +44,7 @@ def test_each_task_source_and_target_on_hand_built_batch(macrec):
     # the second row (history of one item) is padded after its eos
     src, mask, _ = model.task_batch("seqrec", batch)
     assert src[1].tolist()[:5] == [p["seqrec"], *T("text", 7), EOS] and not mask[1, 5:].any()
-    assert len(set(p.values())) == 6
+    assert len(set(p.values())) == 7     # every known task, fusionseqrec included, has its prompt
 
 
 def test_implicit_loss_is_symmetric_and_vanishes_for_aligned_pairs():
@@ -181,7 +181,8 @@ def test_a_few_steps_lower_the_multitask_loss(macrec):
 def test_mql4grec_preset(tiny_dataset):
     write_codes(tiny_dataset / "tiny")
     model, config, _ = build_model("MQL4GRec", tiny_dataset)
-    assert model.implicit_weight == 0 and set(model.tasks) == {"seqrec", "seqimage"} | CROSS_TASKS
+    assert model.implicit_weight == 0
+    assert model.tasks == ["seqrec", "seqimage", "item2image", "image2item", "fusionseqrec"]
     from recbole_macrec.config import Config
 
     assert Config(model="MQL4GRec", dataset="tiny", config_dict=tiny_config_dict(tiny_dataset))["sid_method"] == "rqvae_sinkhorn"
@@ -209,3 +210,96 @@ def test_macrec_runs_end_to_end_from_the_script(tiny_dataset, monkeypatch):
     assert result["model"] == "MACRec"
     saved = json.loads(open(result["result_file"]).read())
     assert 0 <= saved["test_result"]["ndcg@10"] <= 1 and saved["test_result"] == result["test_result"]
+
+
+def _mixture_batch(model, data, size=64, seed=0):
+    """A mixture step of the released loader holding rows of every task."""
+    from recbole_macrec.data.device_loader import TASK_FIELD, TaskMixtureLoader
+
+    fields = {"seq": model.ITEM_SEQ, "length": model.ITEM_SEQ_LEN, "item": model.POS_ITEM_ID}
+    loader = TaskMixtureLoader(data[0], "cpu", fields, model.task_mixture(), model.n_items, group=1, seed=seed)
+    loader.batch_size = size
+    batch = next(iter(loader))
+    assert set(batch[TASK_FIELD].tolist()) == set(range(len(model.mixture_tasks)))
+    return batch
+
+
+def _loss_row_by_row(model, batch):
+    """Reference: each row alone as its task, weighted token cross-entropy summed, / tokens."""
+    from recbole_macrec.data.device_loader import TASK_FIELD
+
+    total, tokens = 0.0, 0
+    for r in range(len(batch)):
+        row = batch[torch.tensor([r])]
+        task = model.mixture_tasks[int(row[TASK_FIELD])]
+        src, mask, target = model.task_batch(task, row, max(1, int(row[model.ITEM_SEQ_LEN])))
+        logits = model.t5(input_ids=src, attention_mask=mask, decoder_input_ids=model.t5._shift_right(target)).logits
+        ce = torch.nn.functional.cross_entropy(logits[0], target[0], reduction="sum")
+        total, tokens = total + model.task_weights[task] * float(ce), tokens + target.shape[1]
+    return total / tokens
+
+
+@pytest.mark.parametrize("weights", [None, {"seqrec": 2.0, "item2image": 0.5}])
+def test_mixture_step_loss_is_the_mean_over_its_target_tokens(tiny_dataset, weights):
+    write_codes(tiny_dataset / "tiny")
+    model, _, data = build_model("MACRec", tiny_dataset, implicit_weight=0.0, gr_task_weights=weights)
+    model.eval()
+    batch = _mixture_batch(model, data)
+    assert float(model.calculate_loss(batch)) == pytest.approx(_loss_row_by_row(model, batch), rel=1e-5)
+
+
+def test_mixture_implicit_term_pairs_each_item_rows_source_and_target_ids(tiny_dataset):
+    from recbole_macrec.data.device_loader import TASK_FIELD
+    from recbole_macrec.model.macrec import implicit_alignment_loss
+
+    write_codes(tiny_dataset / "tiny")
+    model, _, data = build_model("MACRec", tiny_dataset)
+    model.eval()
+    batch = _mixture_batch(model, data)
+    losses = model.mixture_losses(batch)
+    a, b = [], []
+    for r in range(len(batch)):
+        task = model.mixture_tasks[int(batch[TASK_FIELD][r])]
+        if task in ("item2image", "image2item"):
+            item = batch[model.POS_ITEM_ID][r:r + 1]
+            src, tgt = ("text", "image") if task == "item2image" else ("image", "text")
+            a.append(model.pooled_states(model.target_tokens(src, item)))
+            b.append(model.pooled_states(model.target_tokens(tgt, item)))
+    expected = implicit_alignment_loss(torch.cat(a), torch.cat(b), 0.1, True)
+    assert float(losses["implicit"]) == pytest.approx(model.implicit_weight * float(expected), rel=1e-4)
+
+
+def test_fusionseqrec_draws_one_direction_per_row(tiny_dataset):
+    write_codes(tiny_dataset / "tiny")
+    from recbole_macrec.config import Config
+
+    preset = Config(model="MQL4GRec", dataset="tiny", config_dict=tiny_config_dict(tiny_dataset))
+    assert preset["learning_rate"] == 5e-4 and "fusionseqrec" in preset["gr_tasks"]
+    model, _, data = build_model("MQL4GRec", tiny_dataset)
+    batch = next(iter(data[0]))
+    torch.manual_seed(0)
+    src, _, target = model.task_batch("fusionseqrec", batch)
+    a_src, _, a_tgt = model.task_batch("seqitem2image", batch)
+    b_src, _, b_tgt = model.task_batch("seqimage2item", batch)
+    from_text = [torch.equal(t, x) for t, x in zip(target, a_tgt)]
+    assert 0 < sum(from_text) < len(batch)
+    for r, text in enumerate(from_text):
+        same_src, same_tgt = (a_src, a_tgt) if text else (b_src, b_tgt)
+        assert torch.equal(target[r], same_tgt[r])
+        assert torch.equal(src[r, 1:], same_src[r, 1:]) and src[r, 0] == model.vocab.task_ids["fusionseqrec"]
+
+
+@pytest.mark.parametrize("setting,match", [
+    ({"gr_task_mix": "shuffled"}, "gr_task_mix must be one of released, per_batch"),
+    ({"gr_task_weights": {"seqrec": 1.0, "seqtext": 2.0}}, "gr_task_weights names \\['seqtext'\\]"),
+])
+def test_bad_task_settings_are_named(tiny_dataset, setting, match):
+    write_codes(tiny_dataset / "tiny")
+    with pytest.raises(ValueError, match=match):
+        build_model("MACRec", tiny_dataset, **setting)
+
+
+def test_item_tasks_with_one_view_are_an_error(tiny_dataset):
+    write_codes(tiny_dataset / "tiny")
+    with pytest.raises(ValueError, match="task 'item2image' needs two views"):
+        build_model("TIGER", tiny_dataset, gr_tasks=["seqrec", "item2image"])

@@ -119,6 +119,11 @@ def test_import_rejects_codes_of_another_dataset(tiny_dataset):
     path.write_text(json.dumps(codes))
     with pytest.raises(SemanticIdError, match="1 items are not in dataset 'tiny'"):
         build_semantic_ids(_config(tiny_dataset, sid_views=["text"]), "import", show_progress=False)
+    codes = {f"i{i}": [i % 3, i] for i in range(30)}
+    codes["i7"] = [1, 2, 3]
+    path.write_text(json.dumps(codes))
+    with pytest.raises(SemanticIdError, match=r"item 'i\d+' has 2 codes, item 'i7' has 3"):
+        build_semantic_ids(_config(tiny_dataset, sid_views=["text"]), "import", show_progress=False)
 
 
 def test_import_of_instruments_keeps_published_codes_of_non_colliding_items(workdir):

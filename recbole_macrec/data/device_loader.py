@@ -7,8 +7,32 @@ are mostly padding. :class:`LengthGroupedLoader` holds the (joined) training Int
 device once and, each epoch, draws a seeded random permutation, sorts it by history length within
 mega-batches of ``group`` batches and shuffles the resulting batches (the ``group_by_length`` idea
 of fairseq / HF Trainer). Every training row appears exactly once per epoch, as with RecBole's loader.
+
+:class:`TaskMixtureLoader` makes the epochs of the released MACRec / MQL4GRec fine-tuning: the
+rows of several tasks concatenated and shuffled together, each history task holding one row per
+training row and each item task one row per catalogue item, grouped the same way (an item row's
+source is one item, so it groups with histories of length 1).
 """
 import torch
+
+TASK_FIELD = "gr_task"   # a mixture batch's per-row task (index into the model's task list)
+
+
+def grouped_batches(lengths, batch_size, group, generator):
+    """One epoch's batches over rows with source ``lengths [n]``: a list of row-index tensors
+    ``[<= batch_size]``. A seeded permutation is sorted by length within mega-batches of ``group``
+    batches (mega-batches are whole batches, so no batch mixes two of them), then the batches are
+    shuffled."""
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator).to(lengths.device)
+    if group > 1:
+        # One stable sort by (mega-batch, length): equal lengths keep their random order.
+        sorted_lengths = lengths[perm]
+        mega = torch.arange(n, device=perm.device) // (batch_size * group)
+        perm = perm[torch.sort(mega * (int(sorted_lengths.max()) + 1) + sorted_lengths, stable=True).indices]
+    batches = list(torch.split(perm, batch_size))
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
 
 
 class LengthGroupedLoader:
@@ -28,26 +52,64 @@ class LengthGroupedLoader:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
 
+    def row_lengths(self):
+        """Source length ``[rows]`` of every row an epoch holds."""
+        return self.length
+
     def __len__(self):
-        return -(-len(self.data) // self.batch_size)
+        return -(-len(self.row_lengths()) // self.batch_size)
 
     def epoch_order(self):
-        """The batches of one epoch: a list of row-index tensors ``[<= batch_size]``. Mega-batches
-        are whole batches, so no batch mixes two of them."""
-        n = len(self.data)
-        perm = torch.randperm(n, generator=self.generator).to(self.length.device)
-        if self.group > 1:
-            # One stable sort by (mega-batch, length): equal lengths keep their random order.
-            lengths = self.length[perm]
-            mega = torch.arange(n, device=perm.device) // (self.batch_size * self.group)
-            perm = perm[torch.sort(mega * (int(lengths.max()) + 1) + lengths, stable=True).indices]
-        batches = list(torch.split(perm, self.batch_size))
-        shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
-        return [batches[i] for i in shuffle]
+        """The batches of one epoch: a list of row-index tensors ``[<= batch_size]``."""
+        return grouped_batches(self.row_lengths(), self.batch_size, self.group, self.generator)
+
+    def batch(self, rows):
+        return self.data[rows]
 
     def __iter__(self):
-        for index in self.epoch_order():
-            yield self.data[index]
+        for rows in self.epoch_order():
+            yield self.batch(rows)
+
+
+class TaskMixtureLoader(LengthGroupedLoader):
+    """Epochs of a task mixture: ``tasks`` is the model's list of ``(name, kind)``; a ``"seq"``
+    task holds one row per training row (its history and target item), an ``"item"`` task one
+    row per catalogue item (internal ids ``1 .. n_items - 1``). A batch is an ``Interaction``
+    with the history, its length and the target item per row (an item row: no history, length 0,
+    the item as target) and :data:`TASK_FIELD`, the row's index in ``tasks``."""
+
+    def __init__(self, train_data, device, fields, tasks, n_items, group=50, seed=0):
+        super().__init__(train_data, device, fields["length"], group, seed)
+        self.fields = fields
+        task_of, index, lengths = [], [], []
+        n_train = len(self.data)
+        for t, (_, kind) in enumerate(tasks):
+            if kind == "seq":
+                rows = torch.arange(n_train, device=self.length.device)
+                lengths.append(self.length)
+            else:
+                rows = torch.arange(1, n_items, device=self.length.device)
+                lengths.append(torch.ones_like(rows))
+            index.append(rows)
+            task_of.append(torch.full_like(rows, t))
+        self.task_of, self.index = torch.cat(task_of), torch.cat(index)
+        self.lengths = torch.cat(lengths)
+        self.is_item = torch.tensor([kind == "item" for _, kind in tasks], device=self.length.device)
+
+    def row_lengths(self):
+        return self.lengths
+
+    def batch(self, rows):
+        from recbole.data.interaction import Interaction
+
+        task, index = self.task_of[rows], self.index[rows]
+        item_row = self.is_item[task]
+        history_row = torch.where(item_row, 0, index)
+        seq = self.data[self.fields["seq"]][history_row].masked_fill(item_row[:, None], 0)
+        length = self.length[history_row].masked_fill(item_row, 0)
+        target = torch.where(item_row, index, self.data[self.fields["item"]][history_row])
+        return Interaction({self.fields["seq"]: seq, self.fields["length"]: length,
+                            self.fields["item"]: target, TASK_FIELD: task})
 
 
 def device_loader_applies(config, train_data):

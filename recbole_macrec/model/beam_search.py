@@ -74,17 +74,19 @@ class CodeTrie:
 
 
 @torch.no_grad()
-def constrained_beam_search(step, batch_size, trie, beam_size):
-    """Top ``beam_size`` valid items per row, best first.
+def constrained_beam_search(step, batch_size, trie, beam_size, eos):
+    """Top ``beam_size`` valid items per row, best first, scored as transformers' beam search
+    scores them (``generate``'s ``sequences_scores`` with ``length_penalty=1`` and eos allowed only
+    after a full item): (sum of the item's L code log-probabilities + log p(eos) after them) / (L + 1).
 
     ``step(tokens, reorder)`` runs the decoder one token further and returns log-probabilities
     ``[rows, vocab]`` for the last position: ``tokens`` is ``None`` on the first call (``rows =
     batch_size``, the decoder's start), then ``[batch_size * beam_size, 1]``; ``reorder`` is the
     ``[batch_size * beam_size]`` index of the previous row each new row continues (the caller
-    reorders its cache and per-row state with it).
+    reorders its cache and per-row state with it). ``eos``: the end token's id.
 
     Returns ``items [B, K]`` (internal item ids, -1 where fewer than K items exist) and
-    ``scores [B, K]`` = mean log-probability of the item's L tokens (-inf where item is -1).
+    ``scores [B, K]`` (-inf where item is -1).
     """
     device = trie.child[0].device
     B, K = batch_size, beam_size
@@ -107,9 +109,13 @@ def constrained_beam_search(step, batch_size, trie, beam_size):
         prefix = trie.child[level][prefix.gather(1, beam), code].clamp_min(0)
         reorder = (rows * n_beams + beam).view(-1)
         tokens = (code + lo).view(-1, 1)
+    # the eos step: after a full item eos is the only allowed token; its log-probability counts
+    eos_logp = step(tokens, reorder)[:, eos].float().view(B, K)
+    scores, order = ((scores + eos_logp) / (trie.num_levels + 1)).sort(dim=1, descending=True)
+    prefix = prefix.gather(1, order)
     valid = torch.isfinite(scores)
     items = torch.where(valid, prefix, torch.full_like(prefix, -1))
-    return items, scores / trie.num_levels
+    return items, scores
 
 
 def scores_to_matrix(items, scores, n_items):

@@ -13,12 +13,16 @@ from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
+from recbole_macrec.data.device_loader import TASK_FIELD
 from recbole_macrec.model.beam_search import CodeTrie, cached_forward, constrained_beam_search, scores_to_matrix
 from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
 
 # task -> (source view, source kind, target view index in self.views). "seq": the history;
 # "item": the target item itself. View 0 is the first of ``gr_views`` (text), view 1 the second.
+# RANDOM: MQL4GRec's fusionseqrec, a history in one view -> the next item in the other, the
+# direction drawn per row each time the row is used.
+RANDOM = "random"
 TASKS = {
     "seqrec": (0, "seq", 0),
     "seqimage": (1, "seq", 1),
@@ -26,7 +30,35 @@ TASKS = {
     "image2item": (1, "item", 0),
     "seqitem2image": (0, "seq", 1),
     "seqimage2item": (1, "seq", 0),
+    "fusionseqrec": (RANDOM, "seq", RANDOM),
 }
+TASK_MIXES = ("released", "per_batch")
+
+
+def task_mix_setting(config):
+    """``gr_task_mix``: ``released`` (every epoch: each history task over every training row,
+    each item task over every catalogue item, shuffled together; loss = mean over a step's target
+    tokens) or ``per_batch`` (every task built from each RecBole batch; loss = sum of per-task
+    means)."""
+    mix = config["gr_task_mix"] or "released"
+    if mix not in TASK_MIXES:
+        raise ValueError(f"gr_task_mix must be one of {', '.join(TASK_MIXES)}, got '{mix}'")
+    return mix
+
+
+def row_token_mean(token_loss, valid, row_weight):
+    """Mean over the valid tokens of ``token_loss [R, T]``, each row's tokens weighted by
+    ``row_weight [R]`` (a mixture step's loss: its tokens' mean, per-task weights applied)."""
+    valid = valid.to(token_loss.dtype)
+    return (token_loss * valid * row_weight[:, None]).sum() / valid.sum().clamp_min(1)
+
+
+def stack_rows(per_task, task, value):
+    """Row ``r`` of ``per_task[task[r]]``: ``per_task`` is a list of ``[R, S_t]`` tensors (the
+    same rows built as each task), padded to a common width with ``value``."""
+    stacked = torch.stack([F.pad(t, (0, max(x.shape[1] for x in per_task) - t.shape[1]), value=value)
+                           for t in per_task])
+    return stacked[task, torch.arange(len(task), device=task.device)]
 
 
 def t5_beam_step(t5, src, mask, beam_size):
@@ -54,7 +86,16 @@ def t5_beam_step(t5, src, mask, beam_size):
 
 
 class SemanticIdModelMixin:
-    """Semantic-ID plumbing shared by all generative models: pre-stage wiring and code tables."""
+    """Semantic-ID plumbing shared by all generative models: pre-stage wiring, code tables and
+    the task mixture."""
+
+    def task_mixture(self):
+        """``[(task, kind)]`` of the tasks a mixture epoch holds (``kind``: ``"seq"``, one row per
+        training row, or ``"item"``, one row per catalogue item), or None with
+        ``gr_task_mix: per_batch``."""
+        if self.task_mix != "released":
+            return None
+        return [(task, self.task_kind(task)) for task in self.mixture_tasks]
 
     @classmethod
     def prepare_data(cls, config):
@@ -105,10 +146,16 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         for task in self.tasks:
             if task not in TASKS:
                 raise ValueError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
-            if max(TASKS[task][0], TASKS[task][2]) >= len(self.views):
-                raise ValueError(f"task '{task}' needs two views, gr_views = {self.views}")
+            if TASKS[task][0] == RANDOM or max(TASKS[task][0], TASKS[task][2]) >= 1:
+                if len(self.views) < 2:
+                    raise ValueError(f"task '{task}' needs two views, gr_views = {self.views}")
         weights = config["gr_task_weights"] or {}
+        unknown = set(weights) - set(self.tasks)
+        if unknown:
+            raise ValueError(f"gr_task_weights names {sorted(unknown)}, which are not in gr_tasks {self.tasks}")
         self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.mixture_tasks = [t for t in self.tasks if self.task_weights[t] != 0]
+        self.task_mix = task_mix_setting(config)
         self.pack_tasks = config["gr_pack_tasks"] is not False
         self.beam_size = int(config["beam_size"])
         topk = max(config["topk"])
@@ -163,18 +210,37 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         tok = self.item_tokens(view, items)
         return torch.cat([tok, tok.new_full((tok.shape[0], 1), EOS)], 1)
 
+    def task_kind(self, task):
+        return TASKS[task][1]
+
+    def task_views(self, task, rows, device):
+        """Source and target view indices ``[rows]`` of ``task``; a RANDOM task draws the source
+        view per row (torch's RNG: seeded runs repeat) and targets the other view."""
+        src, _, tgt = TASKS[task]
+        if src == RANDOM:
+            src = (torch.rand(rows, device=device) < 0.5).long()
+            return src, 1 - src
+        return torch.full((rows,), src, device=device), torch.full((rows,), tgt, device=device)
+
     def task_batch(self, task, interaction, max_len=None):
         """``(source, mask, target)`` of ``task`` for a RecBole batch (``max_len``: its longest
         history, if known)."""
-        src_view, kind, tgt_view = TASKS[task]
-        src_view, tgt_view = self.views[src_view], self.views[tgt_view]
+        _, kind, _ = TASKS[task]
         target_items = interaction[self.POS_ITEM_ID]
-        if kind == "seq":
-            src, mask = self.history_source(src_view, interaction[self.ITEM_SEQ],
-                                            interaction[self.ITEM_SEQ_LEN], task, max_len)
-        else:
-            src, mask = self.item_source(src_view, target_items, task)
-        return src, mask, self.target_tokens(tgt_view, target_items)
+        src_view, tgt_view = self.task_views(task, len(target_items), target_items.device)
+        sources, targets = [], []
+        for v, view in enumerate(self.views[:2]):
+            if kind == "seq":
+                src, _ = self.history_source(view, interaction[self.ITEM_SEQ],
+                                             interaction[self.ITEM_SEQ_LEN], task, max_len)
+            else:
+                src, _ = self.item_source(view, target_items, task)
+            sources.append(src)
+            targets.append(self.target_tokens(view, target_items))
+        if len(self.views) == 1:
+            return sources[0], sources[0].ne(PAD), targets[0]
+        src = stack_rows(sources, src_view, PAD)
+        return src, src.ne(PAD), stack_rows(targets, tgt_view, IGNORE)
 
     # ---- training ----------------------------------------------------------------------------
     def task_groups(self, tasks):
@@ -209,7 +275,30 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
                 losses[task] = self.task_weights[task] * loss
         return losses
 
+    def mixture_batch(self, interaction, max_len):
+        """``(source, mask, target, weight [R])`` of a mixture step: row ``r`` built as task
+        ``mixture_tasks[interaction[TASK_FIELD][r]]``."""
+        task = interaction[TASK_FIELD]
+        built = [self.task_batch(t, interaction, max_len) for t in self.mixture_tasks]
+        src = stack_rows([b[0] for b in built], task, PAD)
+        target = stack_rows([b[2] for b in built], task, IGNORE)
+        weights = torch.tensor([self.task_weights[t] for t in self.mixture_tasks], device=task.device)
+        return src, src.ne(PAD), target, weights[task]
+
+    def mixture_losses(self, interaction):
+        """``{"tasks": mean target-token cross-entropy of the step (task weights applied)}`` for a
+        batch of :class:`TaskMixtureLoader` (one forward pass over all its rows)."""
+        max_len = max(1, int(interaction[self.ITEM_SEQ_LEN].max()))   # one host sync
+        src, mask, target, weight = self.mixture_batch(interaction, max_len)
+        out = self.t5(input_ids=src, attention_mask=mask,
+                      decoder_input_ids=self.t5._shift_right(target), return_dict=True)
+        token_loss = F.cross_entropy(out.logits.float().transpose(1, 2), target, ignore_index=IGNORE,
+                                     reduction="none")
+        return {"tasks": row_token_mean(token_loss, target.ne(IGNORE), weight)}
+
     def calculate_loss(self, interaction):
+        if TASK_FIELD in interaction:
+            return sum(self.mixture_losses(interaction).values())
         return sum(self.task_losses(interaction).values())
 
     # ---- scoring and decoding ----------------------------------------------------------------
@@ -228,22 +317,23 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
         raise ValueError(f"no history -> next item task for view '{view}' in gr_tasks {self.tasks}")
 
     def beam_search(self, interaction, view):
-        """Top ``beam_size`` items ``[B, K]`` and their mean token log-probabilities ``[B, K]``."""
+        """Top ``beam_size`` items ``[B, K]`` and their scores ``[B, K]``: mean log-probability
+        of the item's L tokens and the eos after them (transformers' ``sequences_scores``)."""
         src, mask = self.history_source(view, interaction[self.ITEM_SEQ],
                                         interaction[self.ITEM_SEQ_LEN], self.decode_task(view))
         step = t5_beam_step(self.t5, src, mask, self.beam_size)
-        return constrained_beam_search(step, src.shape[0], self.trie(view), self.beam_size)
+        return constrained_beam_search(step, src.shape[0], self.trie(view), self.beam_size, EOS)
 
     def teacher_forced_scores(self, interaction, view, items):
-        """Mean log-probability ``[B]`` of ``items [B]``'s L tokens (eos excluded) given each
-        row's history in ``view``: the quantity beam search ranks by."""
+        """Mean log-probability ``[B]`` of ``items [B]``'s L tokens and the eos after them, given
+        each row's history in ``view``: the quantity beam search ranks by."""
         src, mask = self.history_source(view, interaction[self.ITEM_SEQ],
                                         interaction[self.ITEM_SEQ_LEN], self.decode_task(view))
         target = self.target_tokens(view, items)
         logits = self.t5(input_ids=src, attention_mask=mask,
                          decoder_input_ids=self.t5._shift_right(target), return_dict=True).logits
         logp = torch.log_softmax(logits.float(), dim=-1).gather(2, target[..., None])[..., 0]
-        return logp[:, :-1].mean(dim=1)
+        return logp.mean(dim=1)
 
     def fuse(self, per_view, interaction):
         """Combine ``{view: (items, scores)}`` into ``[B, n_items]``; single view by default."""

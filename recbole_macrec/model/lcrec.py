@@ -23,12 +23,14 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_macrec.model.beam_search import CodeTrie, cached_forward, constrained_beam_search, scores_to_matrix
-from recbole_macrec.model.generative import SemanticIdModelMixin
+from recbole_macrec.data.device_loader import TASK_FIELD
+from recbole_macrec.model.generative import SemanticIdModelMixin, row_token_mean, stack_rows, task_mix_setting
 from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import SemanticIdVocab
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
 
 LCREC_TASKS = ("seqrec", "text2id", "id2text")
+TASK_KINDS = {"seqrec": "seq", "text2id": "item", "id2text": "item"}   # source: a history or one item
 WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -91,6 +93,8 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
             self.tasks = ["seqrec"]
             logger.warning("LCRec: the dataset has no item text: training seqrec only "
                            "(no item <-> ID alignment tasks)")
+        self.mixture_tasks = self.tasks
+        self.task_mix = task_mix_setting(config)
         self.text_len = int(config["lcrec_text_len"] or 16)
         self.pack_tasks = config["gr_pack_tasks"] is not False
         self.pretrained_path = config["pretrained_path"]
@@ -240,9 +244,22 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
         token_loss[labelled] = F.cross_entropy(logits.float(), target[labelled], reduction="none")
         return token_loss, labelled
 
+    def task_kind(self, task):
+        return TASK_KINDS[task]
+
     def calculate_loss(self, interaction):
-        """Sum over tasks of the mean cross-entropy of the task's target tokens; all tasks in one
-        forward pass when ``gr_pack_tasks`` (rows right-padded to a common width)."""
+        """A mixture step (``gr_task_mix: released``): the mean cross-entropy of all its target
+        tokens, row ``r`` built as task ``tasks[interaction[TASK_FIELD][r]]``. Else the sum over
+        tasks of the mean cross-entropy of the task's target tokens; all tasks in one forward pass
+        when ``gr_pack_tasks`` (rows right-padded to a common width)."""
+        if TASK_FIELD in interaction:
+            task = interaction[TASK_FIELD]
+            seqs = [self.task_sequences(t, interaction) for t in self.tasks]
+            ids = stack_rows([s[0] for s in seqs], task, self.pad_id)
+            mask = stack_rows([s[1].long() for s in seqs], task, 0)
+            labels = stack_rows([s[2] for s in seqs], task, IGNORE)
+            token_loss, labelled = self.target_token_losses(ids, mask, labels)
+            return row_token_mean(token_loss, labelled, torch.ones_like(task, dtype=token_loss.dtype))
         groups = [self.tasks] if self.pack_tasks else [[task] for task in self.tasks]
         total = 0
         for group in groups:
@@ -261,14 +278,15 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
         return self._trie
 
     def teacher_forced_scores(self, interaction, items):
-        """Mean log-probability ``[B]`` of ``items [B]``' L code tokens after each row's prompt."""
+        """Mean log-probability ``[B]`` of ``items [B]``' L code tokens and the eos after them,
+        after each row's prompt (the quantity beam search ranks by)."""
         prompt, pmask = self.history_prompt(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         ids, mask, labels = concat_prompt_target(prompt, pmask, *self.code_target(items), self.pad_id)
         logp = torch.log_softmax(self.lm(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
         target = labels[:, 1:]
         picked = logp.gather(2, target.clamp_min(0)[..., None])[..., 0]
-        is_code = (target != IGNORE) & (target != self.eos_id)
-        return (picked * is_code).sum(1) / is_code.sum(1)
+        labelled = target != IGNORE
+        return (picked * labelled).sum(1) / labelled.sum(1)
 
     def beam_search(self, interaction):
         prompt, pmask = self.history_prompt(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
@@ -289,7 +307,7 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
                                                      attention_mask=state["mask"], position_ids=pos)
             return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
-        return constrained_beam_search(step, B, self.trie(), K)
+        return constrained_beam_search(step, B, self.trie(), K, self.eos_id)
 
     @torch.no_grad()
     def full_sort_predict(self, interaction):

@@ -1,17 +1,20 @@
 """MACRec (Zhang et al., AAAI 2026): multi-aspect cross-modal quantisation for generative recommendation.
 
-Two views' semantic IDs (text, image; or any two by ``gr_views``) train one T5 on six tasks built
-from each RecBole batch: seqrec / seqimage (history -> next item, same view), item2image /
-image2item (an item's ID in one view -> the other view: explicit item-level alignment) and
-seqitem2image / seqimage2item (history in one view -> next item in the other: explicit
-sequence-level alignment). Implicit alignment: InfoNCE between mean-pooled encoder states of
-the same item's two IDs. Inference: beam search once per view, then fusion.
+Two views' semantic IDs (text, image; or any two by ``gr_views``) train one T5 on six tasks:
+seqrec / seqimage (history -> next item, same view), item2image / image2item (an item's ID in one
+view -> the other view: explicit item-level alignment) and seqitem2image / seqimage2item (history
+in one view -> next item in the other: explicit sequence-level alignment). With
+``gr_task_mix: released`` an epoch holds every training row once per history task and every
+catalogue item once per item task, shuffled together (the released fine-tuning). Implicit
+alignment: InfoNCE between mean-pooled encoder states of an item's two IDs. Inference: beam search
+once per view, then fusion.
 """
 import torch
 import torch.nn.functional as F
 
+from recbole_macrec.data.device_loader import TASK_FIELD
 from recbole_macrec.model.beam_search import scores_to_matrix
-from recbole_macrec.model.generative import GenerativeRecommender
+from recbole_macrec.model.generative import TASKS, GenerativeRecommender, stack_rows
 from recbole_macrec.model.packing import pad_cat
 from recbole_macrec.model.vocab import PAD
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
@@ -53,24 +56,53 @@ class MACRec(GenerativeRecommender):
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got '{self.fusion}'")
 
+    def pooled_states(self, tokens):
+        """Mean-pooled encoder states ``[N, d]`` of token rows ``[N, S]`` (pad = 0), one pass."""
+        mask = tokens.ne(PAD)
+        states = self.t5.get_encoder()(input_ids=tokens, attention_mask=mask).last_hidden_state
+        return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
     def pooled_item_states(self, items):
         """Mean-pooled encoder states ``[2, B, d]`` of ``items [B]``' IDs (tokens + eos) in both
         views, from one encoder pass."""
         src = pad_cat([self.target_tokens(view, items) for view in self.views], PAD)
-        mask = src.ne(PAD)
-        states = self.t5.get_encoder()(input_ids=src, attention_mask=mask).last_hidden_state
-        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return pooled.view(len(self.views), len(items), -1)
+        return self.pooled_states(src).view(len(self.views), len(items), -1)
 
     def implicit_loss(self, interaction):
+        """``gr_task_mix: per_batch``: over the batch's distinct target items, text ID vs image ID."""
         items = torch.unique(interaction[self.POS_ITEM_ID])  # repeated items would be false negatives
         a, b = self.pooled_item_states(items).float()
+        return implicit_alignment_loss(a, b, self.implicit_temperature, self.implicit_bidirectional)
+
+    def mixture_implicit_loss(self, interaction, n_item_rows):
+        """``gr_task_mix: released``: over the step's ``n_item_rows`` item-task rows, as the
+        released code does: each row's source ID (the item in the source view, + eos) against its
+        target ID (in the other view)."""
+        task = interaction[TASK_FIELD]
+        is_item = torch.tensor([self.task_kind(t) == "item" for t in self.mixture_tasks], device=task.device)
+        source_view = torch.tensor([TASKS[t][0] if self.task_kind(t) == "item" else 0
+                                    for t in self.mixture_tasks], device=task.device)
+        rows = torch.argsort((~is_item[task]).to(torch.int8), stable=True)[:n_item_rows]
+        items, src = interaction[self.POS_ITEM_ID][rows], source_view[task[rows]]
+        ids = stack_rows([self.target_tokens(view, items) for view in self.views[:2]], src, PAD)
+        other = stack_rows([self.target_tokens(view, items) for view in self.views[:2]], 1 - src, PAD)
+        a, b = self.pooled_states(pad_cat([ids, other], PAD)).float().view(2, n_item_rows, -1)
         return implicit_alignment_loss(a, b, self.implicit_temperature, self.implicit_bidirectional)
 
     def task_losses(self, interaction):
         losses = super().task_losses(interaction)
         if self.implicit_weight > 0:
             losses["implicit"] = self.implicit_weight * self.implicit_loss(interaction)
+        return losses
+
+    def mixture_losses(self, interaction):
+        losses = super().mixture_losses(interaction)
+        if self.implicit_weight > 0:
+            kinds = torch.tensor([self.task_kind(t) == "item" for t in self.mixture_tasks],
+                                 device=interaction[TASK_FIELD].device)
+            n_item_rows = int(kinds[interaction[TASK_FIELD]].sum())
+            if n_item_rows > 1:   # InfoNCE needs negatives
+                losses["implicit"] = self.implicit_weight * self.mixture_implicit_loss(interaction, n_item_rows)
         return losses
 
     def fuse(self, per_view, interaction):
@@ -99,6 +131,7 @@ class MQL4GRec(MACRec):
     """MQL4GRec (Zhai et al., ICLR 2025) without its large-scale pre-training.
 
     Separate RQ-VAEs per view (no cross-modal terms), tasks seqrec, seqimage, item2image,
-    image2item, seqitem2image and seqimage2item, no implicit alignment, the same fusion. The
-    original's pre-training on millions of items from other domains is NOT included.
+    image2item and fusionseqrec (a history in one view -> the next item in the other, the
+    direction drawn per row), no implicit alignment, the same fusion. The original's
+    pre-training on millions of items from other domains is NOT included.
     """

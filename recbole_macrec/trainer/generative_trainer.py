@@ -1,5 +1,6 @@
 """RecBole trainer for the generative models: AdamW, cosine schedule with warm-up, gradient
-clipping, bf16 autocast on CUDA, and an optional training-time budget."""
+clipping, bf16 autocast for training on CUDA (decoding in fp32 unless ``gr_bf16_eval``), the
+released task mixture's epochs, and an optional training-time budget."""
 import contextlib
 import copy
 import itertools
@@ -15,7 +16,7 @@ from recbole.utils import set_color
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from recbole_macrec.data.device_loader import LengthGroupedLoader, device_loader_applies
+from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader, device_loader_applies
 from recbole_macrec.utils import synchronize
 
 
@@ -51,6 +52,7 @@ class GenerativeTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.bf16 = bool(config["gr_bf16"]) and self.device.type == "cuda"
+        self.bf16_eval = bool(config["gr_bf16_eval"])
         self.warmup_ratio = float(config["warmup_ratio"] or 0.0)
         self.scheduler = None
         self.length_group = config["gr_length_group"]
@@ -73,8 +75,21 @@ class GenerativeTrainer(Trainer):
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def batches_of(self, train_data):
-        """The training batches: device-resident and length-grouped when ``gr_length_group`` is set
-        and the loader is a plain one, else RecBole's loader."""
+        """The training batches: the model's task mixture (``gr_task_mix: released``), else
+        device-resident length-grouped batches when ``gr_length_group`` is set and the loader is a
+        plain one, else RecBole's loader."""
+        mixture = self.model.task_mixture() if hasattr(self.model, "task_mixture") else None
+        if mixture is not None:
+            if not device_loader_applies(self.config, train_data):
+                raise ValueError("gr_task_mix: released builds its epochs on the device, which needs one "
+                                 "process, no negative sampling and no transform; use gr_task_mix: per_batch")
+            if self.device_loader is None or self.device_loader.source is not train_data:
+                fields = {"seq": self.model.ITEM_SEQ, "length": self.model.ITEM_SEQ_LEN,
+                          "item": self.model.POS_ITEM_ID}
+                self.device_loader = TaskMixtureLoader(
+                    train_data, self.device, fields, mixture, self.model.n_items,
+                    group=max(1, int(self.length_group or 1)), seed=self.config["seed"])
+            return self.device_loader
         if self.length_group and device_loader_applies(self.config, train_data):
             if self.device_loader is None or self.device_loader.source is not train_data:
                 self.device_loader = LengthGroupedLoader(
@@ -82,6 +97,10 @@ class GenerativeTrainer(Trainer):
                     group=self.length_group, seed=self.config["seed"])
             return self.device_loader
         return train_data
+
+    def autocast(self, enabled):
+        """bf16 autocast on the trainer's device when ``enabled``."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def plan_epochs(self, train_data, budget_s, validates=True):
         """Set ``epochs`` (and ``eval_step``) to what fits ``budget_s`` training seconds, from the
@@ -159,7 +178,7 @@ class GenerativeTrainer(Trainer):
 
     def train_step(self, interaction, loss_func=None):
         """One optimisation step on a batch already on the device; returns the detached loss."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+        with self.autocast(self.bf16):
             loss = (loss_func or self.model.calculate_loss)(interaction)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -171,5 +190,7 @@ class GenerativeTrainer(Trainer):
         return loss.detach()
 
     def _full_sort_batch_eval(self, batched_data):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+        # bf16 logits are 0.06-0.125 apart at the magnitudes decoding sees: beam rankings would
+        # carry rounding noise, so decoding stays fp32 unless gr_bf16_eval asks otherwise
+        with self.autocast(self.bf16 and self.bf16_eval):
             return super()._full_sort_batch_eval(batched_data)
