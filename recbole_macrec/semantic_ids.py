@@ -19,6 +19,7 @@ from logging import getLogger
 import numpy as np
 import pandas as pd
 
+from recbole_macrec.code_metrics import CODES_BEFORE, save_codes_before
 from recbole_macrec.data.atomic import atomic_path, read_atomic, write_atomic
 from recbole_macrec.data.default_views import catalogue_and_train_pairs, ensure_item_views
 from recbole_macrec.data.item_views import file_digest, item_view_path, work_dir
@@ -135,8 +136,9 @@ def view_report(view, before, after, moved, how, params, extra=None):
 
 
 def compute_codes(config, method, views, items, params, device, show_progress, loaded=None):
-    """Per-view resolved codes ``{view: [N, L]}`` and the per-view report entries
-    (``loaded``: the item views, ``{view: (items, emb)}``, for the training methods)."""
+    """Per-view resolved codes ``{view: [N, L]}``, the per-view report entries and the codes before
+    resolution ``{view: [N, L]}`` (``loaded``: the item views, ``{view: (items, emb)}``, for the
+    training methods)."""
     logger = getLogger()
     if method == "import":
         raw = {v: (load_imported_codes(config, v, items), None) for v in views}
@@ -152,15 +154,16 @@ def compute_codes(config, method, views, items, params, device, show_progress, l
             matrices[v] = emb[[row[t] for t in items]]
         trained = train_quantizers(matrices, method, params, config["seed"], device, show_progress)
         raw = {v: (trained[v].codes, trained[v]) for v in views}
-    codes, reports = {}, []
+    codes, reports, unresolved = {}, [], {}
     for v, (before, view_codes) in raw.items():
+        unresolved[v] = before
         after, moved, how = resolve(before, params, view_codes)
         extra = {"best_epoch": view_codes.epoch, "history": view_codes.history} if view_codes else {}
         reports.append(view_report(v, before, after, moved, how, params, extra))
         logger.info(f"semantic IDs '{v}': collision rate {reports[-1]['collision_rate_before']:.4f} "
                     f"-> {reports[-1]['collision_rate_after']:.4f} ({len(moved)} items moved)")
         codes[v] = after
-    return codes, reports
+    return codes, reports, unresolved
 
 
 def item_table(config, items, codes):
@@ -216,7 +219,8 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
     digest = input_hash(config, method, views, params)
     out = output_dir(config, method, views, params)
     report_path = os.path.join(out, REPORT)
-    if not force and os.path.isfile(report_path):
+    complete = os.path.isfile(os.path.join(out, CODES_BEFORE))   # folders of older versions lack it
+    if not force and os.path.isfile(report_path) and complete:
         with open(report_path) as f:
             if json.load(f).get("input_hash") == digest:
                 logger.info(f"semantic IDs up to date: {out}")
@@ -226,7 +230,7 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
     items, _, _ = catalogue_and_train_pairs(config)
     device = config["device"] if config["device"] is not None else "cpu"
     show = config["show_progress"] if show_progress is None else show_progress
-    codes, reports = compute_codes(config, method, views, items, params, device, show, loaded)
+    codes, reports, before = compute_codes(config, method, views, items, params, device, show, loaded)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".sid-", dir=os.path.dirname(os.path.abspath(out)))
     try:
@@ -236,6 +240,7 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
                 shutil.copyfile(src, atomic_path(tmp, config["dataset"], suffix))
         frame, types = item_table(config, items, codes)
         write_atomic(atomic_path(tmp, config["dataset"], "item"), frame, types)
+        save_codes_before(tmp, items, before)
         report = {"dataset": config["dataset"], "method": method, "views": views,
                   "seed": config["seed"], "params": params.__dict__, "input_hash": digest,
                   "inputs": {os.path.basename(p): file_digest(p) for p in input_files(config, method, views)},

@@ -81,6 +81,29 @@ def test_ablation_preset_rows():
     assert all(os.path.isfile(f) for e in entries for f in e.config_files)
 
 
+def test_ablation_preset_leaves_out_prestage_terms_on_imported_codes(capsys, tiny_dataset, workdir, monkeypatch):
+    entries = leaderboard.entries_for([], "ablation", sid_method="import")
+    assert [e.label for e in entries] == ["MACRec", "MACRec w/o implicit", "MACRec w/o explicit"]
+    assert "wo_con, wo_align left out" in capsys.readouterr().err
+    # the dataset's own sid_method decides (Instruments.yaml imports the published codes)
+    seen = []
+    monkeypatch.setattr(leaderboard, "run_entry", lambda entry, *a: seen.append(entry.label))
+    monkeypatch.setattr(leaderboard, "write_outputs", lambda *a: [])
+    monkeypatch.setattr("builtins.open", _readme_stub(open))
+    leaderboard.main(["--dataset=Instruments", "--preset=ablation", f"--out={workdir / 'lb'}"])
+    assert seen == ["MACRec", "MACRec w/o implicit", "MACRec w/o explicit"]
+
+
+def _readme_stub(real_open):
+    """``open`` that gives an empty leaderboard.md (the run above writes none)."""
+    import io
+
+    def fake(path, *args, **kwargs):
+        return io.StringIO("") if str(path).endswith("leaderboard.md") else real_open(path, *args, **kwargs)
+
+    return fake
+
+
 def test_readme_block_is_regenerated_from_result_files(tmp_path):
     (tmp_path / "results" / "toy").mkdir(parents=True)
     (tmp_path / "results" / "toy" / "leaderboard.md").write_text("### toy\n| a |\n")
