@@ -229,25 +229,15 @@ def embed_with_cache(items, cache_path, encode, batch_size, desc, progress=True)
 
 
 def embed_texts(items, meta, encoder_path, cache_path, device="cpu", batch_size=32, max_length=256,
-                fields=("title", "description"), progress=True):
+                fields=("title", "description"), progress=True, sha256=None):
     """``[n, d]``: per field the mean-pooled last hidden state (padding excluded), then the mean
-    over fields (the official recipe)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    over fields (the official recipe; the same encoder code as the computed text view)."""
+    from recbole_macrec.data.text_encoder import TextEncoder
 
-    tokenizer = AutoTokenizer.from_pretrained(encoder_path, local_files_only=True)
-    model = AutoModel.from_pretrained(encoder_path, local_files_only=True).to(device).eval()
+    encoder = TextEncoder(encoder_path, device, sha256, max_length)
 
     def encode(batch):
-        per_field = []
-        for field in fields:
-            texts = [meta[a][field] or meta[a]["title"] or " " for a in batch]
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-            with torch.no_grad():
-                hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"][..., None].to(hidden.dtype)
-            per_field.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1))
-        return torch.stack(per_field).mean(0).float().cpu().numpy()
+        return encoder.embed([[meta[a][field] or meta[a]["title"] for field in fields] for a in batch])
 
     return embed_with_cache(items, cache_path, encode, batch_size, "text", progress)
 

@@ -1,17 +1,24 @@
-"""Convert data as MQL4GRec / MACRec publish it into RecBole atomic files plus item views.
+"""Convert data as generative-recommendation repositories publish it into RecBole atomic files,
+item views, semantic IDs and a ready dataset yaml.
 
-Input folder ``--src`` (``<name>`` = the prefix of ``<name>.inter.json``):
-  <name>.inter.json        {"user_idx": [item_idx, ...]}, each user's items oldest first
-  <name>.item2id/.user2id  "<raw id>\\t<idx>" lines
-  <name>.item.json         optional {"item_idx": {"title", "description", "brand", "categories"}}
-  <name>.emb-*.npy         optional embedding matrices, row = item_idx
-  <name>.index_*.json      optional published semantic IDs {"item_idx": ["<a_1>", "<b_2>", ...]}
-Output folder ``--out``:
-  <name>.inter             user_id:token item_id:token timestamp:float (timestamp = position, so
-                           RecBole's time order is the published order)
-  <name>.item              when item text exists
-  <name>.<view>.npz        one item view per embedding matrix
-  <name>.<view>.codes.json published codes as {"item_idx": [int, ...]} (for --method=import)
+Two layouts are read from ``--src`` (``<name>`` = the prefix of its one ``<name>.inter.json``):
+  MQL4GRec / MACRec:  <name>.inter.json, <name>.item2id, <name>.user2id (``<raw id>\t<idx>`` lines),
+                      optional <name>.item.json, <name>.emb-*.npy, <name>.index_<suffix>.json
+  LC-Rec / LETTER:    <name>.inter.json, <name>.item.json, <name>.index.json (no id maps: users and
+                      items are the json keys, which must be integers)
+  <name>.inter.json        {"user": [item, ...]}, each user's items oldest first
+  <name>.item.json         {"item": {"title", "description", "brand", "categories"}}
+  <name>.emb-*.npy         embedding matrices, row = item index
+  <name>.index.json        semantic IDs {"item": ["<a_1>", "<b_2>", ...]} (view ``text``, or --view index=NAME)
+  <name>.index_<sfx>.json  the same, view named by --view <sfx>=NAME or by the suffix
+Output folder ``--out``; the dataset is named after it (RecBole reads <data_path>/<dataset>/):
+  <dataset>.inter             user_id:token item_id:token timestamp:float (timestamp = position, so
+                              RecBole's time order is the published order)
+  <dataset>.item              when item text exists
+  <dataset>.<view>.npz        one item view per embedding matrix
+  <dataset>.<view>.codes.json published codes as {"item": [int, ...]} (for sid_method: import)
+  <dataset>.yaml              data_path, load_col, sid_views, text fields, sid_method: what
+                              `run_recbole.py --dataset=<dataset> --config_files=<out>/<dataset>.yaml` needs
 Everything is written to a temporary folder first and moved into place only when all succeeded.
 
     python dataset_prep/mql4grec_to_recbole.py --src=../shared/data/Instruments --out=dataset/Instruments
@@ -49,6 +56,8 @@ def read_id_map(path):
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 2:
                 raise ConversionError(f"{path}:{line_no}: expected '<raw id>\\t<idx>'")
+            if not parts[1].isdigit():
+                raise ConversionError(f"{path}:{line_no}: idx '{parts[1]}' is not a non-negative integer")
             if parts[1] in ids:
                 raise ConversionError(f"{path}:{line_no}: duplicate idx '{parts[1]}'")
             ids[parts[1]] = parts[0]
@@ -62,12 +71,45 @@ def find_name(src):
     return os.path.basename(found[0])[: -len(".inter.json")]
 
 
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{path}: not valid JSON ({err})") from err
+
+
+def id_maps(src, name):
+    """``(items, users)`` idx -> raw id from the id map files, or ``(None, None)`` without them."""
+    paths = [os.path.join(src, f"{name}.{kind}2id") for kind in ("item", "user")]
+    present = [os.path.isfile(p) for p in paths]
+    if present == [False, False]:
+        return None, None
+    if present != [True, True]:
+        have, lack = (paths[0], paths[1]) if present[0] else (paths[1], paths[0])
+        raise ConversionError(f"{have} exists but {lack} does not: give both id maps or neither")
+    return read_id_map(paths[0]), read_id_map(paths[1])
+
+
+def integer_keys(keys, path, what):
+    bad = next((k for k in keys if not str(k).isdigit()), None)
+    if bad is not None:
+        raise ConversionError(f"{path}: {what} '{bad}' is not an integer; without "
+                              f"<name>.item2id / <name>.user2id the json keys must be integer indices")
+
+
 def build_inter(src, name):
+    """The interaction frame and the item catalogue (idx tokens, numeric order)."""
     inter_path = os.path.join(src, f"{name}.inter.json")
-    with open(inter_path, encoding="utf-8") as f:
-        sequences = json.load(f)
-    items = read_id_map(os.path.join(src, f"{name}.item2id"))
-    users = read_id_map(os.path.join(src, f"{name}.user2id"))
+    sequences = read_json(inter_path)
+    if not isinstance(sequences, dict):
+        raise ConversionError(f"{inter_path}: expected an object {{user: [item, ...]}}")
+    items, users = id_maps(src, name)
+    if items is None:   # LC-Rec layout: the keys are the ids
+        integer_keys(sequences, inter_path, "user")
+        integer_keys((i for seq in sequences.values() for i in seq), inter_path, "item")
+        items = {str(i): str(i) for seq in sequences.values() for i in seq}
+        users = {u: u for u in sequences}
     rows = []
     for user, seq in sequences.items():
         if user not in users:
@@ -90,90 +132,167 @@ def _clean_text(value):
     return re.sub(r"[\t\r\n]+", " ", str(value or "")).strip()
 
 
+TEXT_FIELDS = ["title", "description", "brand", "categories"]
+
+
 def build_item(src, name, item_tokens):
+    """The ``.item`` frame of the catalogue, or None without ``<name>.item.json``; also the number
+    of item.json entries that are not in the catalogue (left out: they have no interaction)."""
     path = os.path.join(src, f"{name}.item.json")
     if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    fields = ["title", "description", "brand", "categories"]
-    rows = [[tok] + [_clean_text(meta.get(tok, {}).get(k, "")) for k in fields] for tok in item_tokens]
-    return pd.DataFrame(rows, columns=["item_id", *fields])
+        return None, 0
+    meta = read_json(path)
+    missing = [tok for tok in item_tokens if tok not in meta]
+    if missing:
+        raise ConversionError(f"{path}: item '{missing[0]}' of {name}.inter.json has no entry "
+                              f"({len(missing)} missing)")
+    rows = [[tok] + [_clean_text((meta[tok] or {}).get(k, "")) for k in TEXT_FIELDS] for tok in item_tokens]
+    return pd.DataFrame(rows, columns=["item_id", *TEXT_FIELDS]), len(set(meta) - set(item_tokens))
 
 
 def view_name(suffix, view_names):
     return view_names.get(suffix, suffix)
 
 
+def code_files(src, name, view_names):
+    """``[(path, view)]`` of the semantic-ID files: ``<name>.index.json`` (view ``text`` unless
+    --view index=NAME) and ``<name>.index_<suffix>.json``."""
+    found = []
+    bare = os.path.join(src, f"{name}.index.json")
+    if os.path.isfile(bare):
+        found.append((bare, view_names.get("index", "text")))
+    for path in sorted(glob.glob(os.path.join(src, f"{name}.index_*.json"))):
+        suffix = os.path.basename(path)[len(name) + len(".index_"): -len(".json")]
+        found.append((path, view_name(suffix, view_names)))
+    views = [v for _, v in found]
+    duplicate = next((v for v in views if views.count(v) > 1), None)
+    if duplicate:
+        raise ConversionError(f"{src}: two code files name view '{duplicate}': "
+                              f"{[p for p, v in found if v == duplicate]} (name them with --view)")
+    return found
+
+
 def convert_codes(path, item_tokens):
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise ConversionError(f"{path}: expected an object {{item: [code, ...]}}")
     missing = [tok for tok in item_tokens if tok not in raw]
     if missing:
         raise ConversionError(f"{path}: item '{missing[0]}' has no code ({len(missing)} missing)")
-    codes = {}
+    extra = sorted(set(raw) - set(item_tokens), key=str)
+    if extra:
+        raise ConversionError(f"{path}: item '{extra[0]}' is not an item of the dataset ({len(extra)} "
+                              f"such keys): is it another dataset's file?")
+    codes, length = {}, None
     for tok in item_tokens:
         parsed = []
-        for t in raw[tok]:
-            m = CODE_TOKEN.match(t)
+        for t in raw[tok] if isinstance(raw[tok], list) else [raw[tok]]:
+            m = CODE_TOKEN.match(t) if isinstance(t, str) else None
             if not m:
-                raise ConversionError(f"{path}: item '{tok}': code token '{t}' is not like '<a_12>'")
+                raise ConversionError(f"{path}: item '{tok}': code token {t!r} is not like '<a_12>'")
             parsed.append(int(m.group(2)))
+        if length is None:
+            length, first = len(parsed), tok
+        elif len(parsed) != length:
+            raise ConversionError(f"{path}: item '{tok}' has {len(parsed)} codes, item '{first}' has {length}")
         codes[tok] = parsed
     return codes
 
 
+def dataset_yaml(dataset, out, item, views, code_views):
+    """The dataset yaml's text: everything a run on the converted data needs."""
+    item_cols = ["item_id", "title", "description", "brand", "categories"]
+    embedded = [v for v in views if v not in code_views]
+    lines = [f"# Written by dataset_prep/mql4grec_to_recbole.py. Run: python run_recbole.py "
+             f"--model=MACRec --dataset={dataset} --config_files={os.path.join(out, dataset + '.yaml')}",
+             f"data_path: {json.dumps(os.path.dirname(os.path.abspath(out)))}",
+             "load_col:", "  inter: [user_id, item_id, timestamp]"]
+    if item is not None:
+        lines.append(f"  item: [{', '.join(item_cols)}]")
+        lines.append("lcrec_text_fields: [title, description]   # LC-Rec's item <-> ID tasks")
+    offered = sorted(embedded, key=lambda v: (v != "text", v))
+    if item is not None and "text" not in offered:
+        offered.insert(0, "text")
+        lines.append("text_view_fields: [title, description]   # the computed text view "
+                     "(text_encoder: a local model, else TF-IDF)")
+    if len(offered) < 2:
+        offered.append("collab")   # item factors from the training interactions
+    trained = f"[{','.join(offered[:2])}]"
+    if code_views:
+        ordered = sorted(code_views, key=lambda v: (v != "text", v))
+        lines += [f"sid_views: [{', '.join(ordered)}]", "sid_method: import            # the published semantic IDs"]
+        if len(ordered) < 2:
+            lines.append(f"# MACRec and MQL4GRec need two views: add --sid_method=macrec "
+                         f"--sid_views=\"{trained}\" (codes trained from these item views)")
+        return "\n".join(lines) + "\n"
+    lines.append(f"sid_views: {trained.replace(',', ', ')}")
+    if len(offered) > 2:
+        lines.append(f"# more item views: {', '.join(offered[2:])}")
+    return "\n".join(lines) + "\n"
+
+
 def convert(src, out, view_names=None):
-    """Convert ``src`` into ``out``; returns a stats dict. Nothing is left in ``out`` on failure."""
+    """Convert ``src`` into ``out`` (the dataset is named after ``out``); returns a stats dict.
+    Nothing is left in ``out`` on failure."""
     view_names = {**DEFAULT_VIEW_NAMES, **(view_names or {})}
     name = find_name(src)
+    dataset = os.path.basename(os.path.normpath(str(out)))
     inter, item_tokens = build_inter(src, name)
+    item, unused_meta = build_item(src, name, item_tokens)
+    codes = [(view, convert_codes(path, item_tokens)) for path, view in code_files(src, name, view_names)]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(os.path.abspath(out)))
+    tmp = tempfile.mkdtemp(prefix=f".{dataset}-", dir=os.path.dirname(os.path.abspath(out)))
+    views = []
     try:
-        write_atomic(os.path.join(tmp, f"{name}.inter"), inter,
+        write_atomic(os.path.join(tmp, f"{dataset}.inter"), inter,
                      {"user_id": "token", "item_id": "token", "timestamp": "float"})
-        item = build_item(src, name, item_tokens)
         if item is not None:
-            write_atomic(os.path.join(tmp, f"{name}.item"), item,
+            write_atomic(os.path.join(tmp, f"{dataset}.item"), item,
                          {"item_id": "token", "title": "token_seq", "description": "token_seq",
                           "brand": "token", "categories": "token_seq"})
         for path in sorted(glob.glob(os.path.join(src, f"{name}.emb-*.npy"))):
             suffix = os.path.basename(path)[len(name) + len(".emb-"): -len(".npy")]
             emb = np.load(path)
-            if emb.shape[0] != len(item_tokens):
-                raise ConversionError(f"{path}: {emb.shape[0]} rows for {len(item_tokens)} items")
+            if emb.ndim != 2 or int(item_tokens[-1]) >= emb.shape[0]:
+                raise ConversionError(f"{path}: shape {emb.shape}: needs a row per item index "
+                                      f"(up to {item_tokens[-1]})")
+            views.append(view_name(suffix, view_names))
             # Rows are indexed by item_idx; tokens are "0".."n-1" sorted numerically.
-            save_item_view(os.path.join(tmp, f"{name}.{view_name(suffix, view_names)}.npz"),
+            save_item_view(os.path.join(tmp, f"{dataset}.{views[-1]}.npz"),
                            item_tokens, emb[[int(t) for t in item_tokens]])
-        for path in sorted(glob.glob(os.path.join(src, f"{name}.index_*.json"))):
-            suffix = os.path.basename(path)[len(name) + len(".index_"): -len(".json")]
-            codes = convert_codes(path, item_tokens)
-            with open(os.path.join(tmp, f"{name}.{view_name(suffix, view_names)}.codes.json"), "w") as f:
-                json.dump(codes, f)
+        for view, table in codes:
+            with open(os.path.join(tmp, f"{dataset}.{view}.codes.json"), "w") as f:
+                json.dump(table, f)
+        with open(os.path.join(tmp, f"{dataset}.yaml"), "w") as f:
+            f.write(dataset_yaml(dataset, out, item, views, [v for v, _ in codes]))
         os.makedirs(out, exist_ok=True)
         for fname in os.listdir(tmp):
             os.replace(os.path.join(tmp, fname), os.path.join(out, fname))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n_users, n_items, n_inter = inter.user_id.nunique(), len(item_tokens), len(inter)
-    return {"dataset": name, "users": n_users, "items": n_items, "interactions": n_inter,
-            "density": n_inter / (n_users * n_items), "files": sorted(os.listdir(out))}
+    return {"dataset": dataset, "users": n_users, "items": n_items, "interactions": n_inter,
+            "density": n_inter / (n_users * n_items), "item_json_entries_without_interactions": unused_meta,
+            "yaml": os.path.join(str(out), f"{dataset}.yaml"), "files": sorted(os.listdir(out))}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--src", required=True, help="folder with <name>.inter.json etc.")
-    parser.add_argument("--out", required=True, help="output folder, e.g. dataset/Instruments")
+    parser.add_argument("--out", required=True, help="output folder, named after the dataset, e.g. dataset/Instruments")
     parser.add_argument("--view", action="append", default=[], metavar="SUFFIX=VIEW",
-                        help="name the view of an emb-/index_ file suffix, e.g. lemb=text")
+                        help="name the view of an emb-/index_ file suffix, e.g. lemb=text (index=NAME: the bare index.json)")
     args = parser.parse_args(argv)
+    bad = next((v for v in args.view if "=" not in v or not v.split("=", 1)[0] or not v.split("=", 1)[1]), None)
+    if bad is not None:
+        parser.error(f"--view {bad!r}: expected SUFFIX=VIEW, e.g. --view lemb=text")
     view_names = dict(v.split("=", 1) for v in args.view)
     try:
         stats = convert(args.src, args.out, view_names)
-    except (ConversionError, OSError) as err:
+    except (ConversionError, OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps(stats, indent=2))
+    print(f"next: python run_recbole.py --model=MACRec --dataset={stats['dataset']} --config_files={stats['yaml']}")
 
 
 if __name__ == "__main__":

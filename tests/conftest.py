@@ -140,3 +140,18 @@ def without_cache_deprecation(fn, *args):
     deprecated = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
     assert not deprecated, deprecated
     return out
+
+
+def tiny_text_encoder(path):
+    """A randomly initialised BERT and a word-level tokenizer saved with ``save_pretrained``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "guitar", "model", "a", "fine", "item", "number", "rock", "jazz", "folk",
+             "pop", "metal", "blues"] + [str(i) for i in range(10)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(path)
+    return path

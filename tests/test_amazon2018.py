@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import tiny_text_encoder
 from dataset_prep import amazon2018 as prep
 
 
@@ -108,18 +109,6 @@ def test_download_reports_failures_and_resumes(image_server, tmp_path):
     assert len([h for h in hits if "good" in h]) == before  # the finished item was not fetched again
 
 
-def _tiny_text_encoder(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "guitar", "model", "a", "fine", "item"] + [str(i) for i in range(10)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
-    BertModel(BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=16)).save_pretrained(path)
-
-
 def _tiny_image_encoder(path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
     from transformers import CLIPImageProcessor
@@ -140,7 +129,7 @@ def test_embeddings_from_local_encoders_join_to_items_and_resume(raw, tmp_path):
     images.mkdir()
     for i in range(6):
         _image(images / f"i{i}.jpg", color=(40 * i, 10, 10))
-    _tiny_text_encoder(tmp_path / "bert")
+    tiny_text_encoder(tmp_path / "bert")
     _tiny_image_encoder(tmp_path / "clip")
     out = tmp_path / "out"
     report = prep.prepare("Instruments", raw, out, images_dir=images, text_encoder=str(tmp_path / "bert"),

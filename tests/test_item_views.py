@@ -77,3 +77,77 @@ def test_text_view_from_item_file(tiny_dataset):
     # same genre -> more similar text vectors than different genre (i0 and i6 are both "rock")
     cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
     assert cos(row["i0"], row["i6"]) > cos(row["i0"], row["i1"])
+
+
+def test_text_view_from_a_local_pretrained_encoder(tiny_dataset, tmp_path):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from conftest import tiny_text_encoder
+    from recbole_macrec.config import Config
+    from recbole_macrec.data.default_views import ensure_item_views
+    from recbole_macrec.data.text_encoder import sha256_of
+
+    encoder = tiny_text_encoder(tmp_path / "bert")
+    digest = sha256_of(encoder / "model.safetensors")
+    cfg = tiny_config_dict(tiny_dataset, text_view_fields=["title", "class"], text_encoder=str(encoder),
+                           text_encoder_sha256=digest)
+    items, emb = ensure_item_views(Config(model="SASRec", dataset="tiny", config_dict=cfg), ["text"])["text"]
+    assert emb.shape == (30, 8)
+    # item i3: per field (title "item number 3 pop", class "pop") the mean-pooled last hidden state, then the mean
+    tokenizer, model = AutoTokenizer.from_pretrained(encoder), AutoModel.from_pretrained(encoder).eval()
+    with torch.no_grad():
+        pooled = [model(**tokenizer(t, return_tensors="pt")).last_hidden_state.mean(1)[0]
+                  for t in ("item number 3 pop", "pop")]
+    np.testing.assert_allclose(dict(zip(items, emb))["i3"], torch.stack(pooled).mean(0).numpy(), atol=1e-5)
+    # another encoder is another view: recomputed, not reused
+    other = tiny_text_encoder(tmp_path / "bert2")
+    cfg.update(text_encoder=str(other), text_encoder_sha256=None)
+    _, again = ensure_item_views(Config(model="SASRec", dataset="tiny", config_dict=cfg), ["text"])["text"]
+    assert not np.allclose(again, emb)
+
+
+def test_bad_text_encoders_are_named(tiny_dataset, tmp_path):
+    from conftest import tiny_text_encoder
+    from recbole_macrec.config import Config
+    from recbole_macrec.data.default_views import ensure_item_views
+    from recbole_macrec.data.text_encoder import TextEncoderError
+
+    encoder = tiny_text_encoder(tmp_path / "bert")
+    cases = [({"text_encoder": str(encoder), "text_encoder_sha256": "ab" * 32}, "does not match text_encoder_sha256"),
+             ({"text_encoder": str(tmp_path)}, "has no weights"),
+             ({"text_encoder": str(tmp_path / "nowhere")}, "text encoder folder not found")]
+    for setting, match in cases:
+        cfg = tiny_config_dict(tiny_dataset, text_view_fields=["title", "class"], **setting)
+        with pytest.raises(TextEncoderError, match=match):
+            ensure_item_views(Config(model="SASRec", dataset="tiny", config_dict=cfg), ["text"])
+
+
+def test_a_users_own_view_file_is_never_replaced(tiny_dataset):
+    """A view file the project did not compute (no source hash) is used, not overwritten, even
+    where the project could compute that view (collab always; text with text_view_fields)."""
+    from recbole_macrec.config import Config
+    from recbole_macrec.data.default_views import ensure_item_views
+    from recbole_macrec.data.item_views import save_item_view
+
+    folder = tiny_dataset / "tiny"
+    mine = np.arange(30 * 3, dtype=np.float32).reshape(30, 3)
+    for view in ("collab", "text"):
+        save_item_view(folder / f"tiny.{view}.npz", [f"i{i}" for i in range(30)], mine)
+    before = {v: (folder / f"tiny.{v}.npz").read_bytes() for v in ("collab", "text")}
+    cfg = tiny_config_dict(tiny_dataset, text_view_fields=["title", "class"], view_dim=8)
+    views = ensure_item_views(Config(model="SASRec", dataset="tiny", config_dict=cfg), ["text", "collab"])
+    for view in ("collab", "text"):
+        assert (folder / f"tiny.{view}.npz").read_bytes() == before[view]
+        np.testing.assert_array_equal(views[view][1], mine)
+
+
+def test_an_unreadable_view_file_is_named(tiny_dataset):
+    from recbole_macrec.config import Config
+    from recbole_macrec.data.default_views import ensure_item_views
+    from recbole_macrec.data.item_views import ItemViewError
+
+    (tiny_dataset / "tiny" / "tiny.image.npz").write_bytes(b"not a zip file")
+    config = Config(model="SASRec", dataset="tiny", config_dict=tiny_config_dict(tiny_dataset))
+    with pytest.raises(ItemViewError, match=r"tiny.image.npz: not a readable .npz item view"):
+        ensure_item_views(config, ["image"])

@@ -1,6 +1,8 @@
 """Item views the project can compute itself from a RecBole dataset.
 
-- ``text``: TF-IDF over chosen ``.item`` text fields, reduced with TruncatedSVD.
+- ``text``: the chosen ``.item`` text fields through a local pretrained encoder (``text_encoder``:
+  per field the mean-pooled last hidden state, then the mean over fields), or, without one,
+  TF-IDF over the fields reduced with TruncatedSVD.
 - ``collab``: item factors (TruncatedSVD of the item x user matrix) from the TRAINING split only,
   as RecBole makes it under the configured ``eval_args``: no valid/test interaction is seen.
 """
@@ -78,14 +80,18 @@ def text_view(config, items, fields, dim=64):
     missing = [tok for tok in items if tok not in frame.index]
     if missing:
         raise ItemViewError(f"{path}: item '{missing[0]}' has no row ({len(missing)} missing)")
+    if config["text_encoder"]:
+        from recbole_macrec.data.text_encoder import TextEncoder
+
+        encoder = TextEncoder(config["text_encoder"], "cpu" if config["device"] is None else config["device"],
+                              config["text_encoder_sha256"])
+        rows = frame.loc[items, list(fields)].astype(str).values.tolist()
+        return items, encoder.embed_all(rows, progress=config["show_progress"])
     texts = frame.loc[items, list(fields)].agg(" ".join, axis=1).tolist()
     tfidf = TfidfVectorizer(min_df=1, token_pattern=r"(?u)\b\w[\w']*\b").fit_transform(texts)
     dim = min(dim, min(tfidf.shape) - 1)
     emb = TruncatedSVD(n_components=dim, random_state=config["seed"]).fit_transform(tfidf)
     return items, emb.astype(np.float32)
-
-
-COMPUTABLE_VIEWS = ("text", "collab")
 
 
 def _view_source_hash(config, view):
@@ -97,6 +103,11 @@ def _view_source_hash(config, view):
     if view == "text":
         files.append(item)
     params = f"{view}|{config['text_view_fields']}|{config['view_dim']}|{config['seed']}|{config['eval_args']}"
+    if view == "text" and config["text_encoder"]:
+        from recbole_macrec.data.text_encoder import check_encoder
+
+        files.append(check_encoder(config["text_encoder"], config["text_encoder_sha256"]))
+        params = f"{view}|{config['text_view_fields']}|encoder"
     return file_digest(*files, extra=params)
 
 
@@ -115,7 +126,10 @@ def ensure_item_views(config, views):
         expected = _view_source_hash(config, view) if computable else None
         if os.path.isfile(path):
             items, emb, source_hash = load_item_view(path)
-            if not computable or source_hash == expected:
+            if not computable or source_hash == expected or not source_hash:
+                if computable and not source_hash:   # the user's own file: never replaced
+                    logger.info(f"item view '{view}': using {path}, a file the project did not compute "
+                                f"(remove it to have the view computed from the dataset)")
                 out[view] = (list(items), emb)
                 continue
             logger.info(f"item view {path} is stale (its sources changed): recomputing")

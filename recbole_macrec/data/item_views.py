@@ -5,6 +5,7 @@ File format (``<dataset>.<view>.npz``): ``item_ids`` (str array, raw item tokens
 """
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -83,12 +84,17 @@ def load_item_view(path, items=None, dim=None):
     """
     if not os.path.isfile(path):
         raise ItemViewError(f"item view file not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        if "item_ids" not in data or "emb" not in data:
-            raise ItemViewError(f"{path}: needs arrays 'item_ids' and 'emb'")
-        item_ids = data["item_ids"].astype(str)
-        emb = data["emb"].astype(np.float32)
-        source_hash = str(data["source_hash"]) if "source_hash" in data else ""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "item_ids" not in data or "emb" not in data:
+                raise ItemViewError(f"{path}: needs arrays 'item_ids' and 'emb'")
+            item_ids = data["item_ids"].astype(str)
+            emb = data["emb"].astype(np.float32)
+            source_hash = str(data["source_hash"]) if "source_hash" in data else ""
+    except ItemViewError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ItemViewError(f"{path}: not a readable .npz item view ({err})") from err
     check_item_view(path, item_ids, emb)
     if dim is not None and emb.shape[1] != dim:
         raise ItemViewError(f"{path}: dimension {emb.shape[1]}, expected {dim}")
