@@ -7,6 +7,7 @@ import sys
 
 import recbole_macrec  # noqa: F401  (applies the RecBole compatibility shims)
 from recbole_macrec.config import command_line_values
+from recbole_macrec.errors import DataError, SettingError
 from recbole_macrec.quick_start import run
 from recbole_macrec.utils import available_models, get_model
 
@@ -37,8 +38,11 @@ def main(argv=None):
     except ValueError as err:
         sys.exit(str(err))
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
-    return run(args.model, args.dataset, config_file_list=config_file_list, nproc=args.nproc,
-               world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
+    try:
+        return run(args.model, args.dataset, config_file_list=config_file_list, nproc=args.nproc,
+                   world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
+    except (SettingError, DataError, FileNotFoundError) as err:   # fixable input: one line, no traceback
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

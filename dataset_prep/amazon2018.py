@@ -20,11 +20,12 @@ import argparse
 import ast
 import csv
 import gzip
+import io
 import json
 import os
+import re
 import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,11 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.data.atomic import write_atomic  # noqa: E402
 from recbole_macrec.data.item_views import save_item_view  # noqa: E402
+from recbole_macrec.files import atomic_path, temp_dir  # noqa: E402
+
+SAFE_ASIN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # an ASIN becomes a file name: nothing else may
+IMAGE_SCHEMES = ("http://", "https://")          # file:// and others would read local files
+MAX_IMAGE_BYTES = 20 * 2 ** 20
 
 CATEGORIES = {"Instruments": "Musical_Instruments", "Arts": "Arts_Crafts_and_Sewing", "Games": "Video_Games"}
 
@@ -75,7 +81,8 @@ def read_meta(path):
     lines and duplicate ASINs (the first record of an ASIN is kept)."""
     if not os.path.isfile(path):
         raise PrepError(f"metadata file not found: {path}")
-    meta, counts = {}, {"malformed_meta_lines": 0, "duplicate_asins": 0, "meta_without_asin": 0}
+    meta, counts = {}, {"malformed_meta_lines": 0, "duplicate_asins": 0, "meta_without_asin": 0,
+                        "unsafe_asins": 0}
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -92,6 +99,9 @@ def read_meta(path):
                 counts["meta_without_asin"] += 1
                 continue
             asin = record["asin"]
+            if not isinstance(asin, str) or not SAFE_ASIN.match(asin):
+                counts["unsafe_asins"] += 1   # it would name a file outside the image folder
+                continue
             if asin in meta:
                 counts["duplicate_asins"] += 1
                 continue
@@ -126,32 +136,39 @@ def valid_image(path):
 
 def download_images(urls, folder, retries=3, timeout=20, backoff=1.0, progress=True):
     """Fetch ``{asin: url}`` into ``folder/<asin>.jpg``; valid files already there are skipped
-    (resume). Returns ``{"downloaded": n, "skipped": n, "failed": {asin: reason}}``."""
+    (resume). Only http(s) URLs, at most ``MAX_IMAGE_BYTES`` each, and ASINs that are plain file
+    names. Returns ``{"downloaded": n, "skipped": n, "failed": {asin: reason}}``."""
     from tqdm import tqdm
 
     os.makedirs(folder, exist_ok=True)
     report = {"downloaded": 0, "skipped": 0, "failed": {}}
     for asin, url in tqdm(sorted(urls.items()), desc="images", disable=not progress, ncols=100):
+        if not SAFE_ASIN.match(str(asin)):
+            report["failed"][str(asin)] = "not a plain file name"
+            continue
         path = os.path.join(folder, f"{asin}.jpg")
         if os.path.isfile(path) and valid_image(path):
             report["skipped"] += 1
             continue
         reason = "no url"
+        if url and not str(url).lower().startswith(IMAGE_SCHEMES):
+            report["failed"][asin] = f"url scheme not allowed (http/https only): {str(url)[:40]}"
+            continue
         for attempt in range(retries if url else 0):
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
-                    data = response.read()
-                tmp = path + ".part"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                if valid_image(tmp):
-                    os.replace(tmp, path)
-                    report["downloaded"] += 1
-                    reason = None
+                    data = response.read(MAX_IMAGE_BYTES + 1)
+                if len(data) > MAX_IMAGE_BYTES:
+                    reason = f"larger than {MAX_IMAGE_BYTES // 2 ** 20} MB"
                     break
-                os.remove(tmp)
-                reason = "not a readable image"
-                break  # a corrupt file does not heal by retrying
+                if not valid_image(io.BytesIO(data)):
+                    reason = "not a readable image"
+                    break  # a corrupt file does not heal by retrying
+                with atomic_path(path, suffix=".jpg") as tmp, open(tmp, "wb") as f:
+                    f.write(data)
+                report["downloaded"] += 1
+                reason = None
+                break
             except urllib.error.HTTPError as err:
                 reason = f"HTTP {err.code}"
                 if err.code < 500:
@@ -207,9 +224,8 @@ class EmbeddingCache:
 
     def add(self, items, emb):
         self.rows.update(zip(items, np.asarray(emb, dtype=np.float32)))
-        tmp = self.path + ".tmp.npz"
-        np.savez(tmp, item_ids=np.asarray(list(self.rows)), emb=np.stack(list(self.rows.values())))
-        os.replace(tmp, self.path)
+        with atomic_path(self.path, suffix=".npz") as tmp:
+            np.savez(tmp, item_ids=np.asarray(list(self.rows)), emb=np.stack(list(self.rows.values())))
 
     def matrix(self, items):
         return np.stack([self.rows[i] for i in items])
@@ -296,7 +312,7 @@ def prepare(category, raw_dir, out, images_dir=None, download=False, text_encode
                                               "unreadable": sum(v == "unreadable" for v in dropped.values())}
     if frame.empty:
         raise PrepError(f"no interactions left after filtering {full} (see the counts: {report})")
-    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(os.path.abspath(out)) or ".")
+    tmp = temp_dir(os.path.dirname(os.path.abspath(out)) or ".", name)
     try:
         report["stats"] = write_dataset(frame, meta, tmp, name)
         for fname in os.listdir(tmp):

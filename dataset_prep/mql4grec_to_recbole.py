@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -38,6 +37,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.data.atomic import write_atomic  # noqa: E402
 from recbole_macrec.data.item_views import save_item_view  # noqa: E402
+from recbole_macrec.files import temp_dir  # noqa: E402
 
 # Published file suffixes -> view names (MQL4GRec: LLaMA text embeddings, CLIP ViT image embeddings).
 DEFAULT_VIEW_NAMES = {"lemb": "text", "vitemb": "image", "llama-td": "text", "ViT-L-14": "image"}
@@ -241,7 +241,7 @@ def convert(src, out, view_names=None):
     item, unused_meta = build_item(src, name, item_tokens)
     codes = [(view, convert_codes(path, item_tokens)) for path, view in code_files(src, name, view_names)]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{dataset}-", dir=os.path.dirname(os.path.abspath(out)))
+    tmp = temp_dir(os.path.dirname(os.path.abspath(out)), dataset)
     views = []
     try:
         write_atomic(os.path.join(tmp, f"{dataset}.inter"), inter,

@@ -3,6 +3,7 @@
 Applied once when :mod:`recbole_macrec` is imported. Each shim is scoped to the RecBole code that
 needs it; nothing global (numpy itself, ``torch.load``) changes behaviour for other libraries.
 """
+import os
 import types
 
 import numpy as np
@@ -44,11 +45,12 @@ def _patch_config():
 
 
 class _TorchWithTrustedLoad(types.ModuleType):
-    """``torch`` as RecBole's trainer sees it: ``load`` reads RecBole's own checkpoints.
+    """``torch`` as RecBole's trainer sees it: ``load`` unpickles the checkpoints this process
+    itself saved (RecBole pickles its ``Config`` into them, which torch >= 2.6 refuses by default
+    with ``weights_only=True``); any other file (e.g. a ``resume_checkpoint`` from elsewhere) is
+    loaded weights-only. Only the trainer module gets this view of torch."""
 
-    RecBole pickles its ``Config`` into every checkpoint; torch >= 2.6 refuses that by default
-    (``weights_only=True``). Only the trainer module gets this view of torch.
-    """
+    written = set()   # real paths of the checkpoints saved in this process
 
     def __init__(self):
         super().__init__("torch")
@@ -56,10 +58,17 @@ class _TorchWithTrustedLoad(types.ModuleType):
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    @staticmethod
-    def load(*args, **kwargs):
-        kwargs.setdefault("weights_only", False)
-        return torch.load(*args, **kwargs)
+    @classmethod
+    def save(cls, obj, f, *args, **kwargs):
+        torch.save(obj, f, *args, **kwargs)
+        if isinstance(f, (str, os.PathLike)):
+            cls.written.add(os.path.realpath(f))
+
+    @classmethod
+    def load(cls, f, *args, **kwargs):
+        trusted = isinstance(f, (str, os.PathLike)) and os.path.realpath(f) in cls.written
+        kwargs.setdefault("weights_only", not trusted)
+        return torch.load(f, *args, **kwargs)
 
 
 def _patch_trainer_torch_load():

@@ -4,7 +4,58 @@ from logging import getLogger
 
 from recbole.config import Config as RecBoleConfig
 
+from recbole_macrec.errors import SettingError
 from recbole_macrec.utils import PROPERTIES_DIR, get_model
+
+# Settings whose type RecBole or the plugin relies on: a wrong type is named here, before any work,
+# instead of failing deep inside a run.
+INT_SETTINGS = ("epochs", "train_batch_size", "eval_batch_size", "eval_step", "stopping_step", "seed",
+                "MAX_ITEM_LIST_LENGTH", "beam_size", "d_model", "d_kv", "d_ff", "num_layers",
+                "num_decoder_layers", "num_heads", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "gr_length_group", "view_dim")
+NUMBER_SETTINGS = ("learning_rate", "weight_decay", "dropout_rate", "implicit_weight", "implicit_temperature",
+                   "warmup_ratio", "gr_train_budget_s")
+LIST_SETTINGS = ("sid_views", "gr_views", "gr_tasks", "gr_inference_views", "text_view_fields", "topk")
+
+
+def parse_value(text):
+    """A command-line value as data, never as code (RecBole ``eval``s it): a Python literal
+    (``5``, ``1e-3``, ``[1, 2]``, ``{'a': 1}``), ``true`` / ``false`` / ``none``, an unquoted yaml
+    list or mapping (``[text, collab]``), else the text itself (``[14,inf)`` stays a string)."""
+    import ast
+
+    import yaml
+
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null", "~"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (list, dict)) else text
+
+
+def check_setting_types(values):
+    """Raise :class:`SettingError` naming the first setting of the wrong type in ``values``."""
+    for key in INT_SETTINGS:
+        value = values.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise SettingError(f"{key} must be an integer, got {value!r}")
+    for key in NUMBER_SETTINGS:
+        value = values.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SettingError(f"{key} must be a number, got {value!r}")
+    for key in LIST_SETTINGS:
+        value = values.get(key)
+        if value is not None and not isinstance(value, (list, tuple)):
+            raise SettingError(f"{key} must be a list, e.g. [a, b], got {value!r}")
 
 
 def command_line_values(args):
@@ -25,7 +76,20 @@ def command_line_values(args):
 class Config(RecBoleConfig):
     """Precedence, lowest first: RecBole's own yaml, the plugin's ``overall.yaml`` and ``semantic_ids.yaml``, the plugin's
     ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, then the user's config files,
-    config dict and command line (RecBole's usual order for external input)."""
+    config dict and command line (RecBole's usual order for external input). Command-line values
+    are read as data (:func:`parse_value`), a caller's config dict is taken as given, and the
+    types of common settings are checked."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_setting_types(self.final_config_dict)
+
+    def _convert_config_dict(self, config_dict):
+        return {key: parse_value(value) if isinstance(value, str) else value
+                for key, value in config_dict.items()}
+
+    def _load_variable_config_dict(self, config_dict):
+        return dict(config_dict) if config_dict else {}
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:

@@ -19,11 +19,11 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from logging import getLogger
 
 import numpy as np
 import yaml
 
+from recbole_macrec.errors import DataError, SettingError
 from recbole_macrec.utils import PROJECT_ROOT, PROPERTIES_DIR, write_json
 
 METRICS = [f"{m}@{k}" for m in ("hit", "ndcg") for k in (1, 5, 10, 20)]
@@ -78,11 +78,15 @@ def entries_for(models, preset=None, sid_method=None):
 
 
 def parse_overrides(items):
-    """``{key: value}`` of command-line ``KEY=VALUE`` items, values read as yaml (5, 1e-3, True, [a, b])."""
+    """``{key: value}`` of command-line ``KEY=VALUE`` items, values read as data (5, 1e-3, True, [a, b])."""
+    from recbole_macrec.config import parse_value
+
     overrides = {}
     for item in items:
-        key, value = item.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SettingError(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=5")
+        overrides[key] = parse_value(value)
     return overrides
 
 
@@ -112,19 +116,69 @@ def run_entry(entry, dataset, seed, config_files, overrides, runs_dir):
     return result
 
 
+def run_problem(run):
+    """Why ``run`` (a parsed json) is not a usable run result, or None."""
+    if not isinstance(run, dict):
+        return "not a json object"
+    for key, kind in (("model", str), ("seed", int), ("epochs", int), ("test_result", dict)):
+        if not isinstance(run.get(key), kind) or isinstance(run.get(key), bool):
+            return f"'{key}' missing or not {kind.__name__}"
+    if not all(isinstance(run["test_result"].get(m), (int, float)) for m in METRICS):
+        return f"test_result lacks one of {', '.join(METRICS)}"
+    if not isinstance(run.get("label", run["model"]), str):
+        return "'label' is not a string"
+    return None
+
+
 def load_runs(runs_dir):
+    """The usable run files of ``runs_dir``; a malformed one is reported and left out (one bad
+    file must not stop every later leaderboard build)."""
     runs = []
     for path in sorted(glob.glob(os.path.join(runs_dir, "*.json"))):
-        with open(path) as f:
-            run = json.load(f)
+        try:
+            with open(path) as f:
+                run = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"warning: {path}: not readable json ({err}): left out", file=sys.stderr)
+            continue
+        problem = run_problem(run)
+        if problem:
+            print(f"warning: {path}: not a run result ({problem}): left out", file=sys.stderr)
+            continue
         run.setdefault("label", run["model"])
         run["path"] = path
         runs.append(run)
     return runs
 
 
+def current_settings_digest(entry, dataset, seed, config_files, overrides):
+    """The settings digest a run of ``entry`` would record now (a Config only; nothing loads)."""
+    from recbole_macrec.config import Config
+    from recbole_macrec.quick_start import effective_settings, settings_digest
+    from recbole_macrec.utils import get_model
+
+    config = Config(model=get_model(entry.model), dataset=dataset,
+                    config_file_list=(config_files + entry.config_files) or None,
+                    config_dict={**overrides, "seed": seed})
+    return settings_digest(effective_settings(config))
+
+
+def finished_run_matches(path, digest):
+    """True when the run file at ``path`` was made with settings ``digest``; raises
+    :class:`SettingError` naming the file when its settings differ or were not recorded."""
+    with open(path) as f:
+        stored = json.load(f)
+    if stored.get("settings_digest") == digest:
+        return True
+    why = ("records no settings (made before runs recorded them)" if "settings_digest" not in stored
+           else "was made with other settings")
+    raise SettingError(f"{path} {why}: its row would mix settings. Use another --out, or --rerun to "
+                       f"replace it")
+
+
 def row_key(run):
-    return run["label"], run["epochs"]
+    """Runs of one row: same label, epochs and recorded settings (seeds differ)."""
+    return run["label"], run["epochs"], run.get("settings_digest")
 
 
 def timing_summary(group):
@@ -137,14 +191,19 @@ def timing_summary(group):
 
 
 def aggregate(runs):
-    """One row per (label, epochs): mean and std over seeds of every test metric."""
+    """One row per (label, epochs, settings): mean and std over seeds of every test metric. Runs of
+    one label with different recorded settings are different rows (their labels get the settings
+    digest), never averaged together."""
     groups = {}
     for run in runs:
         groups.setdefault(row_key(run), []).append(run)
+    clash = {label for label, _, _ in groups
+             if len({d for lab, _, d in groups if lab == label}) > 1}
     rows = []
-    for (label, epochs), group in groups.items():
+    for (label, epochs, digest), group in groups.items():
         run_epochs = {r.get("epochs_run", epochs) for r in group}
-        row = {"label": label, "model": group[0]["model"], "epochs": epochs,
+        shown = f"{label} [settings {digest or 'unrecorded'}]" if label in clash else label
+        row = {"label": shown, "key": [label, epochs, digest], "model": group[0]["model"], "epochs": epochs,
                "epochs_run": "/".join(map(str, sorted(run_epochs))),
                "seeds": sorted(r["seed"] for r in group),
                "wall_time_s": float(np.mean([r["wall_time_s"] for r in group])),
@@ -190,7 +249,7 @@ def paired_test(runs, best, second, metric=KEY_METRIC):
     out = {"metric": metric, "best": best["label"], "runner_up": second["label"]}
     per_row = []
     for row in (best, second):
-        users = [per_user_metric(r, metric) for r in runs if row_key(r) == (row["label"], row["epochs"])]
+        users = [per_user_metric(r, metric) for r in runs if list(row_key(r)) == row["key"]]
         if any(u is None for u in users):
             return {**out, "note": "per-user ranks not recorded for these runs: no test"}
         common = set.intersection(*(set(u) for u in users))
@@ -347,22 +406,26 @@ def ingest(paths, runs_dir):
     """Copy finished run jsons (files, folders or tar archives from a GPU machine) into
     ``runs_dir``; the label gets the epoch count so that runs of one model with different budgets
     stay apart. Other jsons (profiles, benchmarks) are reported and left out. Returns the targets."""
-    logger = getLogger()
     targets = []
     with tempfile.TemporaryDirectory() as scratch:
         for path in json_files(paths, scratch):
-            with open(path) as f:
-                run = json.load(f)
-            if not isinstance(run, dict) or "test_result" not in run:
-                logger.warning(f"{path}: not a run result (no test_result): not ingested")
+            try:
+                with open(path) as f:
+                    run = json.load(f)
+            except (OSError, json.JSONDecodeError) as err:
+                print(f"{path}: not readable json ({err}): not ingested", file=sys.stderr)
+                continue
+            problem = run_problem(run)
+            if problem:
+                print(f"{path}: not a run result ({problem}): not ingested", file=sys.stderr)
                 continue
             run.setdefault("label", run["model"])
-            target = os.path.join(runs_dir, f"{slug(run['label'])}-e{run['epochs']}-seed{run['seed']}.json")
+            target = os.path.join(runs_dir, f"{slug(run['label'])}-e{int(run['epochs'])}-seed{int(run['seed'])}.json")
             write_json(target, run)   # strict JSON, whatever wrote the file
             ranks = path[: -len(".json")] + ".ranks.npz"
             if os.path.isfile(ranks):
                 shutil.copyfile(ranks, target[: -len(".json")] + ".ranks.npz")
-            logger.info(f"ingested {path} -> {target}")
+            print(f"ingested {path} -> {target}", file=sys.stderr)
             targets.append(target)
     return targets
 
@@ -412,14 +475,17 @@ def main(argv=None):
         ingest(args.ingest, runs_dir)
     models = [m for m in args.models.split(",") if m]
     config_files = args.config_files.split() if args.config_files else []
-    overrides = parse_overrides(args.set)
     sid_method = None
-    if args.preset == "ablation":
-        from recbole_macrec.config import Config
+    try:
+        overrides = parse_overrides(args.set)
+        if args.preset == "ablation":
+            from recbole_macrec.config import Config
 
-        sys.argv = sys.argv[:1]
-        sid_method = Config(model="MACRec", dataset=args.dataset, config_file_list=config_files or None,
-                            config_dict=overrides)["sid_method"]
+            sys.argv = sys.argv[:1]
+            sid_method = Config(model="MACRec", dataset=args.dataset, config_file_list=config_files or None,
+                                config_dict=overrides)["sid_method"]
+    except (SettingError, DataError) as err:
+        sys.exit(f"error: {err}")
     entries = entries_for(models, args.preset, sid_method)
     for entry in entries:  # reject unknown models before anything runs
         try:
@@ -429,12 +495,21 @@ def main(argv=None):
     # RecBole's Config reads --key=value from sys.argv: keep the leaderboard's own flags away.
     sys.argv = sys.argv[:1]
     todo = [(e, 2020 + s) for e in entries for s in range(args.seeds)]
-    logger = getLogger()
+    for entry, seed in todo:   # refuse before anything runs: a finished run with other settings
+        path = run_path(runs_dir, entry.label, seed)
+        if os.path.isfile(path) and not args.rerun:
+            try:
+                finished_run_matches(path, current_settings_digest(entry, args.dataset, seed, config_files, overrides))
+            except (SettingError, DataError) as err:
+                sys.exit(f"error: {err}")
     for entry, seed in tqdm(todo, desc=f"leaderboard {args.dataset}", ncols=100):
         if os.path.isfile(run_path(runs_dir, entry.label, seed)) and not args.rerun:
-            logger.info(f"{entry.label} seed {seed}: finished earlier, kept")
+            print(f"{entry.label} seed {seed}: finished earlier with the same settings, kept", file=sys.stderr)
             continue
-        run_entry(entry, args.dataset, seed, config_files, overrides, runs_dir)
+        try:
+            run_entry(entry, args.dataset, seed, config_files, overrides, runs_dir)
+        except (SettingError, DataError, FileNotFoundError) as err:
+            sys.exit(f"error: {entry.label} seed {seed}: {err}")
     rows = write_outputs(out, args.dataset, load_runs(runs_dir))
     print(open(os.path.join(out, "leaderboard.md")).read())
     return rows

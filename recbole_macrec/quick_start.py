@@ -9,6 +9,7 @@ import time
 from logging import getLogger
 
 import numpy as np
+import pandas as pd
 import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
@@ -157,13 +158,80 @@ class PhaseTimer:
         self.trainer._train_epoch, self.trainer._valid_epoch = self._train, self._valid
 
 
+# settings that do not change what a run computes (where it writes, what it shows, the device)
+VOLATILE_SETTINGS = {"seed", "results_dir", "device", "use_gpu", "gpu_id", "local_rank", "single_spec", "state",
+                     "show_progress", "log_wandb", "wandb_project", "checkpoint_dir", "nproc", "world_size", "offset",
+                     "ip", "port", "worker", "run_label"}
+
+
+def effective_settings(config):
+    """The run's settings as data (sorted; values json-safe), without :data:`VOLATILE_SETTINGS`:
+    two runs with equal settings differ only in seed, device and where they write."""
+    def plain(value):
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return str(value)
+
+    return {key: plain(value) for key, value in sorted(config.final_config_dict.items())
+            if key not in VOLATILE_SETTINGS}
+
+
+def settings_digest(settings):
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def check_dataset_files(config):
-    """Fail early, naming the file, when the dataset's interaction file is missing."""
+    """Fail early, naming the file, when the dataset's interaction file is missing or holds a
+    value that is not a number in a ``float`` column (RecBole would stop with a raw traceback)."""
+    from recbole_macrec.data.atomic import read_atomic
+    from recbole_macrec.errors import DataError
+
     path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"dataset '{config['dataset']}': atomic file not found: {path} "
             f"(set data_path, or convert the data with dataset_prep/)")
+    frame, types = read_atomic(path)
+    for column, kind in types.items():
+        if kind != "float":
+            continue
+        values = frame[column]
+        bad = pd.to_numeric(values, errors="coerce").isna() & values.str.strip().ne("")
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{path}: line {row + 2}: '{column}' is {values.iloc[row]!r}, not a number "
+                            f"({int(bad.sum())} such lines)")
+
+
+def report_dropped_interactions(config, dataset):
+    """Log how many rows of the ``.inter`` file RecBole left out, and how many of those because
+    their item has no row in the ``.item`` file (RecBole's ``filter_inter_by_user_or_item``),
+    which it does silently."""
+    from recbole_macrec.data.atomic import atomic_path, read_atomic
+
+    inter_path = atomic_path(config["data_path"], config["dataset"], "inter")
+    item_path = atomic_path(config["data_path"], config["dataset"], "item")
+    inter, _ = read_atomic(inter_path)
+    dropped = len(inter) - dataset.inter_num
+    if dropped <= 0:
+        return
+    iid, absent = config["ITEM_ID_FIELD"], 0
+    if "item" in (config["load_col"] or {}) and os.path.isfile(item_path) and iid in inter.columns:
+        items, _ = read_atomic(item_path)
+        if iid in items.columns:
+            absent = int((~inter[iid].isin(set(items[iid]))).sum())
+    message = f"RecBole kept {dataset.inter_num} of the {len(inter)} interactions in {inter_path}"
+    if absent:
+        message += f"; {absent} left out because their item has no row in {item_path} (filter_inter_by_user_or_item)"
+    if dropped > absent:
+        message += f"; {dropped - absent} by its other filters (duplicates, interaction counts, value intervals)"
+    getLogger().warning(message)
 
 
 def build_run(model, dataset=None, config_file_list=None, config_dict=None):
@@ -174,11 +242,15 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     model_class = get_model(model) if isinstance(model, str) else model
     config = Config(model=model_class, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict)
+    config.run_settings = effective_settings(config)   # before the pre-stage points data_path elsewhere
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(config)
 
+    check = getattr(model_class, "check_settings", None)
+    if check is not None:   # every setting error before minutes of pre-stage
+        check(config)
     check_dataset_files(config)
     prepare = getattr(model_class, "prepare_data", None)
     if prepare is not None:
@@ -186,6 +258,7 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
 
     dataset_obj = create_dataset(config)
     logger.info(dataset_obj)
+    report_dropped_interactions(config, dataset_obj)
     loaders = data_preparation(config, dataset_obj)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -233,6 +306,8 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         "timing": timer.summary(),
         "machine": machine_description(),
         "config_files": list(config_file_list or []),
+        "settings": config.run_settings,
+        "settings_digest": settings_digest(config.run_settings),
     }
     if getattr(trainer, "budget_plan", None):
         result["train_budget"] = trainer.budget_plan

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from logging import getLogger
 
@@ -21,8 +20,10 @@ import pandas as pd
 
 from recbole_macrec.code_metrics import CODES_BEFORE, save_codes_before
 from recbole_macrec.data.atomic import atomic_path, read_atomic, write_atomic
-from recbole_macrec.data.default_views import catalogue_and_train_pairs, ensure_item_views
+from recbole_macrec.data.default_views import catalogue_and_train_pairs, data_digest, ensure_item_views
 from recbole_macrec.data.item_views import file_digest, item_view_path, work_dir
+from recbole_macrec.errors import DataError
+from recbole_macrec.files import remove_stale_temps, temp_dir
 from recbole_macrec.quantization.collisions import (
     add_extra_level, codebook_stats, colliding_groups, collision_rate, cyclic_distances,
     resolve_collisions, sinkhorn_reassign)
@@ -32,7 +33,7 @@ REPORT = "sid_report.json"
 COPIED_SUFFIXES = ("inter", "user")
 
 
-class SemanticIdError(ValueError):
+class SemanticIdError(DataError):
     pass
 
 
@@ -41,9 +42,21 @@ def sid_field(view):
 
 
 def settings_key(config, method, views, params):
-    """Everything besides the input files that determines the codes."""
+    """Everything besides the input files that determines the codes: the method, views, seed,
+    pre-stage settings and the data RecBole makes from the files under the config's filters
+    (``data_digest``: catalogue and training pairs)."""
     return json.dumps({"method": method, "views": list(views), "seed": config["seed"],
-                       "params": params.__dict__}, sort_keys=True, default=list)
+                       "params": params.__dict__, "data": data_digest(config)}, sort_keys=True, default=list)
+
+
+# RecBole settings that shape the catalogue and the training pairs (recorded in the report; the
+# cache key covers their effect through the data digest)
+DATA_SETTINGS = ("load_col", "unload_col", "unused_col", "rm_dup_inter", "val_interval", "filter_inter_by_user_or_item",
+                 "user_inter_num_interval", "item_inter_num_interval", "eval_args", "MAX_ITEM_LIST_LENGTH")
+
+
+def data_settings(config):
+    return {key: config[key] for key in DATA_SETTINGS}
 
 
 def output_dir(config, method, views, params):
@@ -79,23 +92,43 @@ def load_imported_codes(config, view, items):
     path = codes_file(config, view)
     if not os.path.isfile(path):
         raise SemanticIdError(f"view '{view}': codes file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as err:
+        raise SemanticIdError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise SemanticIdError(f"{path}: expected an object {{item: [code, ...]}}")
     missing = [t for t in items if t not in raw]
     if missing:
         raise SemanticIdError(f"{path}: item '{missing[0]}' of dataset '{config['dataset']}' has "
                               f"no code ({len(missing)} missing): is it another dataset's file?")
     extra = set(raw) - set(items)
-    if extra:
-        raise SemanticIdError(f"{path}: {len(extra)} items are not in dataset '{config['dataset']}' "
-                              f"(e.g. '{sorted(extra)[0]}'): is it another dataset's file?")
+    if extra:   # items RecBole's filters left out are fine; items the data never had are not
+        inter, _ = read_atomic(atomic_path(config["data_path"], config["dataset"], "inter"))
+        foreign = extra - set(inter[config["ITEM_ID_FIELD"]])
+        if foreign:
+            raise SemanticIdError(f"{path}: {len(foreign)} items are not in dataset '{config['dataset']}' "
+                                  f"(e.g. '{sorted(foreign)[0]}'): is it another dataset's file?")
+        getLogger().info(f"{path}: {len(extra)} items with codes were left out by RecBole's filters")
     lengths = {len(raw[t]) for t in items}
     if len(lengths) != 1:
         first = len(raw[items[0]])
         odd = next(t for t in items if len(raw[t]) != first)
         raise SemanticIdError(f"{path}: code lengths differ between items: item '{items[0]}' has "
                               f"{first} codes, item '{odd}' has {len(raw[odd])}")
-    return np.asarray([raw[t] for t in items], dtype=np.int64)
+    malformed = next((t for t in items if not isinstance(raw[t], list)
+                      or not all(isinstance(c, int) and not isinstance(c, bool) for c in raw[t])), None)
+    if malformed is not None:
+        raise SemanticIdError(f"{path}: item '{malformed}': codes must be a list of integers, got {raw[malformed]!r}")
+    codes = np.asarray([raw[t] for t in items], dtype=np.int64)
+    size = int(config["sid_codebook_size"])
+    bad = np.argwhere((codes < 0) | (codes >= size))
+    if len(bad):
+        row, level = bad[0]
+        raise SemanticIdError(f"{path}: item '{items[row]}' has code {codes[row, level]} at level {level}, "
+                              f"outside the codebook 0..{size - 1} (sid_codebook_size={size})")
+    return codes
 
 
 def resolve(codes, params, view_codes=None):
@@ -194,12 +227,19 @@ def item_table(config, items, codes):
 
 
 def _publish(tmp, out):
-    """Swap a finished temp folder into place; an older result is replaced only at the end."""
+    """Swap a finished temp folder into place; an older result is replaced only at the end. When
+    another run publishes the same folder at the same moment, the first one in stays (both were
+    built from the same inputs and settings: the folder name is their hash)."""
     backup = None
     if os.path.isdir(out):
-        backup = f"{out}.old-{os.getpid()}"
+        backup = temp_dir(os.path.dirname(os.path.abspath(out)), os.path.basename(out) + ".old")
+        os.rmdir(backup)
         os.replace(out, backup)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if not os.path.isfile(os.path.join(out, REPORT)):
+            raise
     if backup:
         shutil.rmtree(backup, ignore_errors=True)
 
@@ -232,7 +272,11 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
     show = config["show_progress"] if show_progress is None else show_progress
     codes, reports, before = compute_codes(config, method, views, items, params, device, show, loaded)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".sid-", dir=os.path.dirname(os.path.abspath(out)))
+    parent = os.path.dirname(os.path.abspath(out))
+    removed = remove_stale_temps(parent)
+    if removed:
+        logger.info(f"removed what killed runs left in {parent}: {', '.join(removed)}")
+    tmp = temp_dir(parent, os.path.basename(out))
     try:
         for suffix in COPIED_SUFFIXES:
             src = atomic_path(config["data_path"], config["dataset"], suffix)
@@ -243,6 +287,7 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
         save_codes_before(tmp, items, before)
         report = {"dataset": config["dataset"], "method": method, "views": views,
                   "seed": config["seed"], "params": params.__dict__, "input_hash": digest,
+                  "data_digest": data_digest(config), "data_settings": data_settings(config),
                   "inputs": {os.path.basename(p): file_digest(p) for p in input_files(config, method, views)},
                   "n_items": len(items), "seconds": round(time.time() - start, 2), "per_view": reports}
         with open(os.path.join(tmp, REPORT), "w") as f:

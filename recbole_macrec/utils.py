@@ -109,7 +109,7 @@ def strict_json_value(obj):
 def write_json(path, obj):
     """Write ``obj`` to ``path`` as strict, indented JSON, atomically: a reader never sees half a
     file, and an interrupted write leaves the old one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    from recbole_macrec.files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(strict_json_value(obj), f, indent=2, allow_nan=False)
-    os.replace(tmp, path)

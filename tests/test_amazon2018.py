@@ -109,6 +109,30 @@ def test_download_reports_failures_and_resumes(image_server, tmp_path):
     assert len([h for h in hits if "good" in h]) == before  # the finished item was not fetched again
 
 
+def test_downloads_stay_inside_the_folder_use_http_only_and_are_bounded(image_server, tmp_path, monkeypatch):
+    base, _ = image_server
+    secret = tmp_path / "secret.jpg"
+    _image(secret)
+    out = tmp_path / "img"
+    urls = {"../escaped": f"{base}/good.jpg", "LOCAL": secret.as_uri(), "OK": f"{base}/good.jpg"}
+    report = prep.download_images(urls, out, retries=1, backoff=0, progress=False)
+    assert report["failed"]["../escaped"] == "not a plain file name" and not (tmp_path / "escaped.jpg").exists()
+    assert report["failed"]["LOCAL"].startswith("url scheme not allowed") and not (out / "LOCAL.jpg").exists()
+    assert report["downloaded"] == 1
+    monkeypatch.setattr(prep, "MAX_IMAGE_BYTES", 10)
+    report = prep.download_images({"BIG": f"{base}/good.jpg"}, out, retries=1, backoff=0, progress=False)
+    assert report["failed"]["BIG"].startswith("larger than") and not (out / "BIG.jpg").exists()
+
+
+def test_metadata_with_unsafe_asins_is_counted_and_left_out(tmp_path):
+    path = tmp_path / "meta.json.gz"
+    with gzip.open(path, "wt") as f:
+        for asin in ("GOOD1", "../../etc/x", "a/b", "GOOD2"):
+            f.write(json.dumps({"asin": asin, "title": "t", "imageURLHighRes": ["http://x/y.jpg"]}) + "\n")
+    meta, counts = prep.read_meta(str(path))
+    assert sorted(meta) == ["GOOD1", "GOOD2"] and counts["unsafe_asins"] == 2
+
+
 def _tiny_image_encoder(path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
     from transformers import CLIPImageProcessor

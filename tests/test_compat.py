@@ -33,7 +33,7 @@ def test_trainer_torch_load_reads_recbole_checkpoints(tmp_path):
     import recbole.trainer.trainer as trainer_module
 
     path = tmp_path / "ckpt.pth"
-    torch.save({"config": _PickledConfig(), "state_dict": {"w": torch.ones(2)}}, path)
+    trainer_module.torch.save({"config": _PickledConfig(), "state_dict": {"w": torch.ones(2)}}, path)  # as RecBole saves
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path)  # torch >= 2.6 default: refuses pickled objects
     loaded = trainer_module.torch.load(path, map_location="cpu")

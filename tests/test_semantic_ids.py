@@ -60,12 +60,18 @@ def test_cached_result_is_reused_and_stale_result_recomputed(tiny_dataset):
     # another setting gets its own folder; the first one stays
     other = build_semantic_ids(_config(tiny_dataset, seed=7), "rqvae", show_progress=False)
     assert other != folder and read_report(other)["seed"] == 7 and os.path.isdir(folder)
-    # a changed input file makes the cached result stale: recomputed in place
+    # a changed input file is other data: a folder of its own, never the cached result
     old_hash = read_report(folder)["input_hash"]
     with open(tiny_dataset / "tiny" / "tiny.inter", "a") as f:
         f.write("u0\ti3\t99999\n")
-    assert build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False) == folder
-    assert read_report(folder)["input_hash"] != old_hash
+    changed = build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)
+    assert changed != folder and read_report(changed)["input_hash"] != old_hash
+    # changed item text with the same catalogue and training pairs (the text view changes): the
+    # same folder, recomputed in place
+    path = tiny_dataset / "tiny" / "tiny.item"
+    path.write_text(path.read_text().replace("item number 0 ", "item number zero "))
+    assert build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False) == changed
+    assert read_report(changed)["input_hash"] != read_report(folder)["input_hash"]
 
 
 def test_first_run_loads_the_dataset_once_for_both_views_and_the_codes(tiny_dataset, monkeypatch):

@@ -1,10 +1,14 @@
 """Reading and writing RecBole atomic files (tab-separated, ``name:type`` headers)."""
+import csv
 import os
 
 import pandas as pd
 
+from recbole_macrec.errors import DataError
+from recbole_macrec.files import atomic_path as atomic_temp
 
-class AtomicFileError(ValueError):
+
+class AtomicFileError(DataError):
     """A missing or malformed atomic file; the message names the file."""
 
 
@@ -16,7 +20,8 @@ def read_atomic(path):
     """Return ``(frame, types)``: string columns named without their ``:type`` and the types."""
     if not os.path.isfile(path):
         raise AtomicFileError(f"atomic file not found: {path}")
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    # RecBole reads with pandas' default quoting (a field in double quotes, "" for a quote): so do we
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     names, types = [], {}
     for header in frame.columns:
         if ":" not in header:
@@ -29,9 +34,10 @@ def read_atomic(path):
 
 
 def write_atomic(path, frame, types):
-    """Write ``frame`` with ``name:type`` headers; to a temp file first, then renamed into place."""
+    """Write ``frame`` with ``name:type`` headers; to a temp file first, then renamed into place.
+    A cell with a tab, newline or double quote is quoted the way RecBole's reader (pandas) undoes,
+    so every cell reads back unchanged."""
     out = frame.copy()
     out.columns = [f"{c}:{types[c]}" for c in frame.columns]
-    tmp = f"{path}.tmp"
-    out.to_csv(tmp, sep="\t", index=False, quoting=3, escapechar="\\")
-    os.replace(tmp, path)
+    with atomic_temp(path) as tmp:
+        out.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_MINIMAL)

@@ -52,6 +52,18 @@ def catalogue_and_train_pairs(config):
     return list(items), pairs.copy(), n_users
 
 
+def data_digest(config):
+    """sha256 of the item catalogue and the training pairs as RecBole makes them under ``config``:
+    every filter and split setting that changes the data changes it."""
+    import hashlib
+
+    items, pairs, n_users = catalogue_and_train_pairs(config)
+    h = hashlib.sha256("\n".join(items).encode())
+    h.update(np.ascontiguousarray(pairs, dtype=np.int64).tobytes())
+    h.update(str(n_users).encode())
+    return h.hexdigest()
+
+
 def collab_view(config, dim=64):
     """``(items, emb)``: ``emb[i]`` from training interactions only; items never trained on get 0."""
     items, pairs, n_users = catalogue_and_train_pairs(config)
@@ -102,12 +114,13 @@ def _view_source_hash(config, view):
     item = atomic_path(config["data_path"], config["dataset"], "item")
     if view == "text":
         files.append(item)
-    params = f"{view}|{config['text_view_fields']}|{config['view_dim']}|{config['seed']}|{config['eval_args']}"
+    params = (f"{view}|{config['text_view_fields']}|{config['view_dim']}|{config['seed']}|{config['eval_args']}"
+              f"|{data_digest(config)}")
     if view == "text" and config["text_encoder"]:
         from recbole_macrec.data.text_encoder import check_encoder
 
         files.append(check_encoder(config["text_encoder"], config["text_encoder_sha256"]))
-        params = f"{view}|{config['text_view_fields']}|encoder"
+        params = f"{view}|{config['text_view_fields']}|encoder|{data_digest(config)}"
     return file_digest(*files, extra=params)
 
 

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from recbole_macrec.errors import DataError
+from recbole_macrec.files import atomic_path
 
 
-class ItemViewError(ValueError):
+
+class ItemViewError(DataError):
     """A view file that does not fit the dataset: the message names the file and the item."""
 
 
@@ -58,9 +61,8 @@ def save_item_view(path, item_ids, emb, source_hash=""):
     emb = np.asarray(emb, dtype=np.float32)
     check_item_view(path, item_ids, emb)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, item_ids=item_ids, emb=emb, source_hash=np.asarray(source_hash))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, item_ids=item_ids, emb=emb, source_hash=np.asarray(source_hash))
 
 
 def check_item_view(path, item_ids, emb):

@@ -8,10 +8,12 @@ import os
 
 import numpy as np
 
+from recbole_macrec.errors import DataError
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(DataError):
     """A text encoder folder that cannot be used: the message names the folder or file."""
 
 

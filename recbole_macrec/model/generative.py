@@ -14,6 +14,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from recbole_macrec.data.device_loader import TASK_FIELD
+from recbole_macrec.errors import SettingError
 from recbole_macrec.model.beam_search import CodeTrie, cached_forward, constrained_beam_search, scores_to_matrix
 from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
@@ -42,7 +43,7 @@ def task_mix_setting(config):
     means)."""
     mix = config["gr_task_mix"] or "released"
     if mix not in TASK_MIXES:
-        raise ValueError(f"gr_task_mix must be one of {', '.join(TASK_MIXES)}, got '{mix}'")
+        raise SettingError(f"gr_task_mix must be one of {', '.join(TASK_MIXES)}, got '{mix}'")
     return mix
 
 
@@ -88,6 +89,20 @@ def t5_beam_step(t5, src, mask, beam_size):
 class SemanticIdModelMixin:
     """Semantic-ID plumbing shared by all generative models: pre-stage wiring, code tables and
     the task mixture."""
+
+    @classmethod
+    def check_settings(cls, config):
+        """Raise :class:`SettingError` for settings this model cannot use; the runner calls it
+        before any data is loaded or any pre-stage runs."""
+        from recbole_macrec.quantization.train import QuantizerParams
+
+        beam, topk = int(config["beam_size"]), max(config["topk"])
+        if beam < topk:
+            raise SettingError(f"beam_size={beam} is smaller than the largest top-k ({topk}): "
+                               f"the evaluator would rank items the beam never scored")
+        task_mix_setting(config)
+        if (config["sid_method"] or "import") != "import":
+            QuantizerParams.from_config(config)
 
     def task_mixture(self):
         """``[(task, kind)]`` of the tasks a mixture epoch holds (``kind``: ``"seq"``, one row per
@@ -139,29 +154,31 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
 
     input_type = InputType.POINTWISE
 
+    @classmethod
+    def check_settings(cls, config):
+        super().check_settings(config)
+        views = list(config["gr_views"] or config["sid_views"] or [])
+        tasks = list(config["gr_tasks"] or [])
+        for task in tasks:
+            if task not in TASKS:
+                raise SettingError(f"unknown task '{task}' in gr_tasks (known: {', '.join(TASKS)})")
+            if (TASKS[task][0] == RANDOM or max(TASKS[task][0], TASKS[task][2]) >= 1) and len(views) < 2:
+                raise SettingError(f"task '{task}' needs two views, gr_views = {views}")
+        unknown = set(config["gr_task_weights"] or {}) - set(tasks)
+        if unknown:
+            raise SettingError(f"gr_task_weights names {sorted(unknown)}, which are not in gr_tasks {tasks}")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        type(self).check_settings(config)
         self.views = list(config["gr_views"] or config["sid_views"])
         self.tasks = list(config["gr_tasks"])
-        for task in self.tasks:
-            if task not in TASKS:
-                raise ValueError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
-            if TASKS[task][0] == RANDOM or max(TASKS[task][0], TASKS[task][2]) >= 1:
-                if len(self.views) < 2:
-                    raise ValueError(f"task '{task}' needs two views, gr_views = {self.views}")
         weights = config["gr_task_weights"] or {}
-        unknown = set(weights) - set(self.tasks)
-        if unknown:
-            raise ValueError(f"gr_task_weights names {sorted(unknown)}, which are not in gr_tasks {self.tasks}")
         self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
         self.mixture_tasks = [t for t in self.tasks if self.task_weights[t] != 0]
         self.task_mix = task_mix_setting(config)
         self.pack_tasks = config["gr_pack_tasks"] is not False
         self.beam_size = int(config["beam_size"])
-        topk = max(config["topk"])
-        if self.beam_size < topk:
-            raise ValueError(f"beam_size={self.beam_size} is smaller than the largest top-k ({topk}): "
-                             f"the evaluator would rank items the beam never scored")
         self.inference_views = list(config["gr_inference_views"] or self.views)
 
         # Every known task keeps its prompt token, so that switching tasks off (ablations) leaves

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_macrec.model.beam_search import CodeTrie, cached_forward, constrained_beam_search, scores_to_matrix
 from recbole_macrec.data.device_loader import TASK_FIELD
+from recbole_macrec.errors import SettingError
+from recbole_macrec.model.beam_search import CodeTrie, cached_forward, constrained_beam_search, scores_to_matrix
 from recbole_macrec.model.generative import SemanticIdModelMixin, row_token_mean, stack_rows, task_mix_setting
 from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import SemanticIdVocab
@@ -83,10 +84,8 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
         super().__init__(config, dataset)
         logger = getLogger()
         self.view = list(config["gr_views"] or config["sid_views"])[0]
+        type(self).check_settings(config)
         self.beam_size = int(config["beam_size"])
-        if self.beam_size < max(config["topk"]):
-            raise ValueError(f"beam_size={self.beam_size} is smaller than the largest top-k "
-                             f"({max(config['topk'])})")
         texts = self.item_texts(dataset, config["lcrec_text_fields"] or config["text_view_fields"] or [])
         self.tasks = [t for t in (config["gr_tasks"] or LCREC_TASKS) if t in LCREC_TASKS]
         if texts is None:
@@ -229,7 +228,7 @@ class LCRec(SemanticIdModelMixin, SequentialRecommender):
             target.scatter_(1, text_mask.sum(1, keepdim=True), self.eos_id)
             tmask.scatter_(1, text_mask.sum(1, keepdim=True), True)
         else:
-            raise ValueError(f"unknown LCRec task '{task}'")
+            raise SettingError(f"unknown LCRec task '{task}'")
         return concat_prompt_target(prompt, pmask, target, tmask, self.pad_id)
 
     def target_token_losses(self, ids, mask, labels):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_macrec.data.device_loader import TASK_FIELD
+from recbole_macrec.errors import SettingError
 from recbole_macrec.model.beam_search import scores_to_matrix
 from recbole_macrec.model.generative import TASKS, GenerativeRecommender, stack_rows
 from recbole_macrec.model.packing import pad_cat
@@ -45,16 +46,21 @@ def published_fusion(items_a, scores_a, items_b, scores_b, n_items):
 class MACRec(GenerativeRecommender):
     trainer_class = GenerativeTrainer
 
+    @classmethod
+    def check_settings(cls, config):
+        super().check_settings(config)
+        views = list(config["gr_views"] or config["sid_views"] or [])
+        if len(views) != 2:
+            raise SettingError(f"{cls.__name__} needs exactly two views, gr_views = {views}")
+        if (config["fusion"] or "published") not in FUSIONS:
+            raise SettingError(f"fusion must be one of {FUSIONS}, got '{config['fusion']}'")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        if len(self.views) != 2:
-            raise ValueError(f"{type(self).__name__} needs exactly two views, gr_views = {self.views}")
         self.implicit_weight = float(config["implicit_weight"] or 0.0)
         self.implicit_temperature = float(config["implicit_temperature"] or 0.1)
         self.implicit_bidirectional = config["implicit_bidirectional"] is not False
         self.fusion = config["fusion"] or "published"
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got '{self.fusion}'")
 
     def pooled_states(self, tokens):
         """Mean-pooled encoder states ``[N, d]`` of token rows ``[N, S]`` (pad = 0), one pass."""

@@ -1,6 +1,8 @@
 """Seeded k-means: pseudo-labels for MACRec and codebook initialisation for the RQ-VAE."""
 import numpy as np
 
+from recbole_macrec.errors import SettingError
+
 
 def kmeans(x, k, seed=2020, niter=50, nredo=3):
     """Cluster rows of ``x`` ``[n, d]`` into ``k`` groups; returns ``(centroids [k, d], labels [n])``.
@@ -29,5 +31,5 @@ def pseudo_labels(x, k, seed=2020, niter=300, nredo=10):
     data/kmeans.py: scikit-learn's 300 iterations and 10 restarts; here faiss with the same counts)."""
     n = len(x)
     if not 1 <= int(k) <= n:
-        raise ValueError(f"sid_pseudo_label_k={k} must be between 1 and the number of items ({n})")
+        raise SettingError(f"sid_pseudo_label_k={k} must be between 1 and the number of items ({n})")
     return kmeans(x, int(k), seed=seed, niter=niter, nredo=nredo)[1]

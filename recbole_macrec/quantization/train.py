@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from recbole_macrec.errors import SettingError
 from recbole_macrec.quantization.collisions import collision_rate
 from recbole_macrec.quantization.kmeans import pseudo_labels
 from recbole_macrec.quantization.losses import (
@@ -74,7 +75,7 @@ class QuantizerParams:
     @classmethod
     def from_config(cls, config):
         if config["sid_con_positive"] is not None:
-            raise ValueError("sid_con_positive was removed: sid_con_variant: paper takes positives from "
+            raise SettingError("sid_con_positive was removed: sid_con_variant: paper takes positives from "
                              "the other view's clusters, sid_con_variant: released is the released code "
                              "(every anchor its own positive)")
         values = {}
@@ -92,27 +93,27 @@ class QuantizerParams:
                      "pseudo_label_k", "kmeans_iters"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"sid_{name} must be a positive integer, got {value!r}")
+                raise SettingError(f"sid_{name} must be a positive integer, got {value!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"sid_lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+            raise SettingError(f"sid_lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
                              f"'{self.lr_schedule}'")
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) \
                 or self.warmup_epochs < 0:
-            raise ValueError(f"sid_warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}")
+            raise SettingError(f"sid_warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}")
         if self.con_variant not in CON_VARIANTS:
-            raise ValueError(f"sid_con_variant must be one of {', '.join(CON_VARIANTS)}, got "
+            raise SettingError(f"sid_con_variant must be one of {', '.join(CON_VARIANTS)}, got "
                              f"'{self.con_variant}'")
         if len(self.con_weights) > self.num_levels:
-            raise ValueError(f"sid_con_weights has {len(self.con_weights)} entries but sid_num_levels is "
+            raise SettingError(f"sid_con_weights has {len(self.con_weights)} entries but sid_num_levels is "
                              f"{self.num_levels}: a weight on level {self.num_levels} (0-based), which "
                              f"does not exist")
         if len(self.con_weights) < self.num_levels:
-            raise ValueError(f"sid_con_weights has {len(self.con_weights)} entries for "
+            raise SettingError(f"sid_con_weights has {len(self.con_weights)} entries for "
                              f"sid_num_levels={self.num_levels}: give one weight per level")
         if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in self.con_weights):
-            raise ValueError(f"sid_con_weights must be non-negative numbers, got {list(self.con_weights)}")
+            raise SettingError(f"sid_con_weights must be non-negative numbers, got {list(self.con_weights)}")
         if self.collision not in COLLISION_STRATEGIES:
-            raise ValueError(f"sid_collision must be one of {', '.join(COLLISION_STRATEGIES)}, got "
+            raise SettingError(f"sid_collision must be one of {', '.join(COLLISION_STRATEGIES)}, got "
                              f"'{self.collision}'")
 
 
@@ -201,12 +202,12 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
     collision rate (:class:`ViewCodes`)."""
     logger = getLogger()
     if method not in TRAINED_METHODS:
-        raise ValueError(f"unknown training method '{method}' (expected {', '.join(TRAINED_METHODS)})")
+        raise SettingError(f"unknown training method '{method}' (expected {', '.join(TRAINED_METHODS)})")
     if method == "macrec" and len(views) != 2:
-        raise ValueError(f"macrec needs exactly two views, got {list(views)}")
+        raise SettingError(f"macrec needs exactly two views, got {list(views)}")
     n_items = len(next(iter(views.values())))
     if params.codebook_size > n_items:
-        raise ValueError(f"sid_codebook_size={params.codebook_size} exceeds the {n_items} items: "
+        raise SettingError(f"sid_codebook_size={params.codebook_size} exceeds the {n_items} items: "
                          f"k-means cannot initialise the codebooks")
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -17,6 +17,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader, device_loader_applies
+from recbole_macrec.errors import SettingError
 from recbole_macrec.utils import synchronize
 
 
@@ -81,7 +82,7 @@ class GenerativeTrainer(Trainer):
         mixture = self.model.task_mixture() if hasattr(self.model, "task_mixture") else None
         if mixture is not None:
             if not device_loader_applies(self.config, train_data):
-                raise ValueError("gr_task_mix: released builds its epochs on the device, which needs one "
+                raise SettingError("gr_task_mix: released builds its epochs on the device, which needs one "
                                  "process, no negative sampling and no transform; use gr_task_mix: per_batch")
             if self.device_loader is None or self.device_loader.source is not train_data:
                 fields = {"seq": self.model.ITEM_SEQ, "length": self.model.ITEM_SEQ_LEN,

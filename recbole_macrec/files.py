@@ -1,0 +1,68 @@
+"""Atomic file writes and the clean-up of what killed runs leave behind.
+
+A file is written to a temporary name in its own folder (unique per process and call, so two
+runs on one dataset never share one) and renamed into place when complete: a reader never sees
+half a file, and an interrupted write leaves the old one. Temporary names carry the writer's pid,
+so a later run removes those of processes that no longer exist.
+"""
+import contextlib
+import glob
+import os
+import re
+import shutil
+import tempfile
+
+_TEMP = re.compile(r"^\.(?:.+\.)?pid(\d+)-")
+
+
+def temp_prefix(name):
+    return f".{name}.pid{os.getpid()}-"
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=".tmp"):
+    """Yield a temporary path beside ``path`` (ending in ``suffix``: ``np.savez`` needs ``.npz``);
+    on success it replaces ``path``, on failure it is removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(os.path.basename(path)), suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def temp_dir(folder, name):
+    """A new temporary folder in ``folder`` for building ``name`` (published by renaming it)."""
+    os.makedirs(folder, exist_ok=True)
+    return tempfile.mkdtemp(prefix=temp_prefix(name), dir=folder)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder):
+    """Remove the temporary files and folders in ``folder`` whose writing process is gone;
+    returns their names."""
+    removed = []
+    for path in glob.glob(os.path.join(folder, ".*")):
+        match = _TEMP.match(os.path.basename(path))
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            removed.append(os.path.basename(path))
+    return removed
