@@ -25,7 +25,10 @@ def parse_args(argv=None):
     # Everything else (--key=value) is read by RecBole's Config from sys.argv; RecBole would only
     # warn about anything else ("--epochs 5" trains the yaml's epochs), so it is an error here.
     args, rest = parser.parse_known_args(argv)
-    unrecognized = command_line_values(rest)[1]
+    try:
+        unrecognized = command_line_values(rest)[1]
+    except SyntaxError as err:
+        parser.error(str(err))
     if unrecognized:
         parser.error(f"settings must be given as --key=value; not understood: {' '.join(unrecognized)}")
     return args

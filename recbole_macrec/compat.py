@@ -78,7 +78,79 @@ def _patch_trainer_torch_load():
         trainer_module.torch = _TorchWithTrustedLoad()
 
 
+def _ddp_on_any_device(module, device_ids=None, **kwargs):
+    """RecBole wraps every model as ``DistributedDataParallel(model, device_ids=[local_rank])``,
+    which only a GPU module accepts; a CPU module (gloo) takes no device ids."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+    return DistributedDataParallel(module, device_ids=None if on_cpu else device_ids, **kwargs)
+
+
+def _gather_eval_rows(trainer, struct):
+    """Every rank's evaluation rows (``rec.topk``) and users, once each: RecBole's distributed
+    sampler repeats users to even out the shards, and its ``_map_reduce`` averages rounded
+    per-rank metrics weighted by batches; the union evaluated once is the single-process result."""
+    import torch.distributed as dist
+
+    users = torch.cat(trainer._eval_users) if trainer._eval_users else torch.zeros(0, dtype=torch.long)
+    rows = struct.get("rec.topk")
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (users.cpu(), rows.cpu()))
+    users = torch.cat([u for u, _ in gathered])
+    rows = torch.cat([r for _, r in gathered])
+    _, first = np.unique(users.numpy(), return_index=True)
+    keep = torch.from_numpy(np.sort(first))
+    struct.set("rec.topk", rows[keep])
+    trainer.eval_users = users[keep]
+    return struct
+
+
+def _exact_distributed_evaluate(evaluate):
+    def wrapped(self, eval_data, *args, **kwargs):
+        if self.config["single_spec"]:
+            return evaluate(self, eval_data, *args, **kwargs)
+        uid = self.config["USER_ID_FIELD"]
+        collect, score, reduce = (self.eval_collector.eval_batch_collect, self.evaluator.evaluate,
+                                  self._map_reduce)
+        self._eval_users = []
+
+        def recording(scores, interaction, positive_u, positive_i):
+            self._eval_users.append(interaction[uid].cpu())
+            return collect(scores, interaction, positive_u, positive_i)
+
+        self.eval_collector.eval_batch_collect = recording
+        self.evaluator.evaluate = lambda struct: score(_gather_eval_rows(self, struct))
+        self._map_reduce = lambda result, num_sample: result    # already the union's metrics
+        try:
+            return evaluate(self, eval_data, *args, **kwargs)
+        finally:
+            self.eval_collector.eval_batch_collect, self.evaluator.evaluate = collect, score
+            del self._map_reduce
+
+    wrapped._recbole_macrec = True
+    return wrapped
+
+
+def _makedirs(dir_path):
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def _patch_distributed_training():
+    import recbole.data.utils as data_utils
+    import recbole.trainer.trainer as trainer_module
+    import recbole.utils.logger as logger_module
+
+    # RecBole's ensure_dir checks, then creates: two processes starting together both create
+    logger_module.ensure_dir = trainer_module.ensure_dir = data_utils.ensure_dir = _makedirs
+
+    trainer_module.DistributedDataParallel = _ddp_on_any_device
+    if not getattr(trainer_module.Trainer.evaluate, "_recbole_macrec", False):
+        trainer_module.Trainer.evaluate = _exact_distributed_evaluate(trainer_module.Trainer.evaluate)
+
+
 def apply():
     set_numpy_aliases()
     _patch_config()
     _patch_trainer_torch_load()
+    _patch_distributed_training()

@@ -84,6 +84,34 @@ class Config(RecBoleConfig):
         super().__init__(*args, **kwargs)
         check_setting_types(self.final_config_dict)
 
+    def _init_device(self):
+        """RecBole's set-up, except for several processes: gloo on the CPU (RecBole hard-codes NCCL
+        and CUDA), NCCL on GPUs; ``ddp_backend`` chooses explicitly."""
+        if "local_rank" not in self.final_config_dict:
+            return super()._init_device()
+        import os
+
+        import torch
+        import torch.distributed as dist
+
+        cfg = self.final_config_dict
+        gpu_id = cfg["gpu_id"]
+        cfg["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+        os.environ["CUDA_VISIBLE_DEVICES"] = cfg["gpu_id"]
+        backend = cfg.get("ddp_backend") or ("nccl" if torch.cuda.is_available() and cfg["use_gpu"] else "gloo")
+        rank = cfg["local_rank"] + cfg["offset"]
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend, rank=rank, world_size=cfg["world_size"],
+                                    init_method=f"tcp://{cfg['ip']}:{cfg['port']}")
+        cfg["single_spec"] = False
+        if backend == "nccl":
+            cfg["device"] = torch.device("cuda", cfg["local_rank"])
+            torch.cuda.set_device(cfg["local_rank"])
+        else:
+            cfg["device"] = torch.device("cpu")
+        if rank != 0:
+            cfg["state"], cfg["show_progress"], cfg["verbose"] = "error", False, False
+
     def _convert_config_dict(self, config_dict):
         return {key: parse_value(value) if isinstance(value, str) else value
                 for key, value in config_dict.items()}

@@ -2,6 +2,7 @@
 
 Never imports ``recbole.quick_start`` (it imports ray, which breaks on numpy 2).
 """
+import contextlib
 import json
 import os
 import platform
@@ -82,10 +83,13 @@ class TestRankRecorder:
         collector.eval_batch_collect, evaluator.evaluate = collect, evaluate
 
     def ranks(self):
-        """``(user tokens [n], rank [n])`` of the last evaluation."""
+        """``(user tokens [n], rank [n])`` of the last evaluation (with several processes, the
+        union of the ranks' users that the distributed evaluation gathered)."""
         hits = self.topk[:, :-1].numpy()
         rank = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0).astype(np.int16)
-        users = self.dataset.id2token(self.dataset.uid_field, torch.cat(self.users).numpy())
+        users = getattr(self.trainer, "eval_users", None)
+        users = torch.cat(self.users) if users is None else users
+        users = self.dataset.id2token(self.dataset.uid_field, users.numpy())
         return np.asarray(users).astype(str), rank
 
     def ranked_items(self):
@@ -106,8 +110,8 @@ def code_level_result(config, dataset, model, recorder):
 
     views = getattr(model, "inference_views", None) or [getattr(model, "view", None)]
     report = os.path.join(config["data_path"], "sid_report.json")
-    if views[0] is None or not os.path.isfile(report):
-        return None
+    if views[0] is None or not os.path.isfile(report) or not config["single_spec"]:
+        return None   # (several processes: each rank holds only its users' lists)
     with open(report) as f:
         report = json.load(f)
     per_view = {v["view"]: v for v in report["per_view"]}
@@ -234,6 +238,38 @@ def report_dropped_interactions(config, dataset):
     getLogger().warning(message)
 
 
+def global_rank(config):
+    return 0 if config["single_spec"] else config["local_rank"] + (config["offset"] or 0)
+
+
+@contextlib.contextmanager
+def first_rank_first(config):
+    """With several processes, rank 0 runs the block before every other rank."""
+    import torch.distributed as dist
+
+    distributed = not config["single_spec"]
+    if distributed and global_rank(config) != 0:
+        dist.barrier()
+    yield
+    if distributed and global_rank(config) == 0:
+        dist.barrier()
+
+
+def load_best_everywhere(trainer):
+    """Several processes: rank 0 (the one that saved it) loads the best checkpoint and every rank
+    takes its weights, so that all test the same model (the others' checkpoint names differ)."""
+    import torch.distributed as dist
+
+    import recbole.trainer.trainer as trainer_module
+
+    if global_rank(trainer.config) == 0:   # RecBole's trainer's view of torch trusts what it saved
+        state = trainer_module.torch.load(trainer.saved_model_file, map_location=trainer.device)
+        trainer.model.load_state_dict(state["state_dict"])
+        trainer.model.load_other_parameter(state.get("other_parameter"))
+    for tensor in trainer.model.state_dict().values():
+        dist.broadcast(tensor, src=0)
+
+
 def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     """Config, seeded data and model of one run, as RecBole's pipeline builds them.
 
@@ -254,7 +290,8 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     check_dataset_files(config)
     prepare = getattr(model_class, "prepare_data", None)
     if prepare is not None:
-        prepare(config)
+        with first_rank_first(config):   # one process runs the pre-stage, the others read its result
+            prepare(config)
 
     dataset_obj = create_dataset(config)
     logger.info(dataset_obj)
@@ -284,7 +321,11 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     recorder = TestRankRecorder(trainer, dataset_obj)
-    test_result = timer.test(lambda: trainer.evaluate(test_data, load_best_model=saved,
+    load_best = saved
+    if saved and not config["single_spec"]:
+        load_best_everywhere(trainer)
+        load_best = False
+    test_result = timer.test(lambda: trainer.evaluate(test_data, load_best_model=load_best,
                                                       show_progress=config["show_progress"]))
     recorder.close()
     timer.close()
@@ -318,14 +359,14 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
     sid_report = os.path.join(config["data_path"], "sid_report.json")
     if hasattr(model_obj, "prepare_data") and os.path.isfile(sid_report):
         result["semantic_ids"] = semantic_id_summary(sid_report)
-    if config["local_rank"] == 0:
+    if global_rank(config) == 0:
         result["result_file"] = write_result_file(config, result, recorder.ranks())
         logger.info(set_color("results written to", "yellow") + f": {result['result_file']}")
     if not config["single_spec"]:
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    if queue is not None and config["local_rank"] == 0:
+    if queue is not None and global_rank(config) == 0:
         queue.put(result)
     return result
 
@@ -335,13 +376,43 @@ def _spawned_worker(rank, *args):
     run_recbole(model, dataset, config_file_list, {**config_dict, "local_rank": rank}, saved, queue)
 
 
+def check_distributed(model, dataset, config_file_list, config_dict, nproc, world_size, ip, port, group_offset):
+    """Settings several processes cannot use, named before any process starts: a batch the
+    processes cannot share equally, more processes than GPUs, a port already in use."""
+    import socket
+
+    from recbole_macrec.errors import SettingError
+
+    model_class = get_model(model) if isinstance(model, str) else model
+    config = Config(model=model_class, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    check = getattr(model_class, "check_settings", None)
+    if check is not None:
+        check(config)
+    batch = int(config["train_batch_size"])
+    if batch % world_size:
+        raise SettingError(f"train_batch_size={batch} is not a multiple of the world size {world_size}: "
+                           f"every process takes an equal share of each batch")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() and config["use_gpu"] else 0
+    if gpus and (config["ddp_backend"] or "nccl") == "nccl" and nproc > gpus:
+        raise SettingError(f"--nproc={nproc} exceeds the {gpus} GPUs of this machine")
+    if group_offset == 0:   # the first node serves the rendezvous on ip:port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((ip, int(port)))
+            except OSError as err:
+                raise SettingError(f"--port={port} on {ip} cannot be used ({err.strerror}): choose another") from err
+
+
 def run(model, dataset=None, config_file_list=None, config_dict=None, saved=True, nproc=1,
         world_size=-1, ip="localhost", port="5678", group_offset=0):
-    """One process, or ``nproc`` processes through RecBole's torch-DDP path (multi-GPU)."""
+    """One process, or ``nproc`` processes through RecBole's torch-DDP path (GPUs with NCCL, or the
+    CPU with gloo); ``world_size`` / ``ip`` / ``port`` / ``group_offset`` span several machines."""
     if nproc == 1 and world_size <= 0:
         return run_recbole(model, dataset, config_file_list, config_dict, saved)
     import torch.multiprocessing as mp
 
+    check_distributed(model, dataset, config_file_list, config_dict, nproc,
+                      world_size if world_size > 0 else nproc, ip, port, group_offset)
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})
     config_dict.update({"world_size": world_size if world_size > 0 else nproc, "ip": ip,

@@ -253,7 +253,7 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
     views = list(config["sid_views"] or [])
     if not views:
         raise SemanticIdError("sid_views is empty: name the item views to quantise")
-    params = QuantizerParams.from_config(config)
+    params = QuantizerParams.from_config(config, method)
     # Views the project computes itself must exist (and be current) before they are hashed.
     loaded = ensure_item_views(config, views) if method != "import" else None
     digest = input_hash(config, method, views, params)

@@ -70,7 +70,9 @@ def test_trainer_trains_from_the_device_loader(tiger_data):
     assert type(GenerativeTrainer(config, model).batches_of(data[0])) is LengthGroupedLoader
     config["gr_length_group"] = 0
     assert GenerativeTrainer(config, model).batches_of(data[0]) is data[0]
-    config["gr_length_group"], config["single_spec"] = 4, False   # DDP: RecBole's sharded loader
+    config["single_spec"] = False                 # several processes: each rank takes its slice
+    assert device_loader_applies(config, data[0])
+    config["transform"] = "mask_itemseq"          # a batch transform: RecBole's loader
     assert not device_loader_applies(config, data[0])
 
 
@@ -158,3 +160,29 @@ def test_released_mixture_needs_the_device_loader(tiny_dataset):
     config["transform"] = "mask_itemseq"
     with pytest.raises(ValueError, match="gr_task_mix: released builds its epochs on the device"):
         GenerativeTrainer(config, model).batches_of(data[0])
+
+
+@pytest.mark.parametrize("mixture", [False, True])
+def test_ranks_take_disjoint_slices_of_every_batch_that_together_are_the_epoch(tiny_dataset, mixture):
+    from recbole_macrec.data.device_loader import TASK_FIELD
+
+    model, config, data = _macrec(tiny_dataset)
+    field = config["ITEM_LIST_LENGTH_FIELD"]
+
+    def loader(rank, world):
+        if mixture:
+            fields = {"seq": model.ITEM_SEQ, "length": model.ITEM_SEQ_LEN, "item": model.POS_ITEM_ID}
+            return TaskMixtureLoader(data[0], "cpu", fields, model.task_mixture(), model.n_items, group=3, seed=4,
+                                     batch_size=16, rank=rank, world_size=world)
+        return LengthGroupedLoader(data[0], "cpu", field, group=3, seed=4, batch_size=16, rank=rank, world_size=world)
+
+    whole = loader(0, 1).epoch_order()
+    shards = [loader(rank, 2).epoch_order() for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(loader(0, 2)) <= len(whole)
+    rows = [torch.cat(shard).tolist() for shard in shards]
+    assert not set(rows[0]) & set(rows[1])
+    assert sorted(rows[0] + rows[1]) == sorted(torch.cat(whole).tolist())
+    assert all(len(a) > 0 and abs(len(a) - len(b)) <= 1 for a, b in zip(*shards))
+    if mixture:
+        batch = next(iter(loader(1, 2)))
+        assert TASK_FIELD in batch

@@ -55,11 +55,34 @@ def test_history_source_on_hand_built_batch(tiger):
 def test_trie_tables_match_codes():
     codes = np.array([[0, 1], [0, 2], [1, 0]])
     trie = CodeTrie.from_codes(codes, np.array([10, 11, 12]), offsets=[5, 7], sizes=[2, 3])
-    assert trie.allowed[0].tolist() == [[True, True]]
-    assert trie.allowed[1].tolist() == [[False, True, True], [True, False, False]]
-    assert trie.child[1].tolist() == [[-1, 10, 11], [12, -1, -1]]
+    assert all(level.dense for level in trie.levels)
+    assert trie.levels[0].child.tolist() == [[0, 1]]
+    assert trie.levels[1].child.tolist() == [[-1, 10, 11], [12, -1, -1]]
+    # the sparse form: each prefix's children sorted by code, padded to the level's largest branching
+    sparse = CodeTrie.from_codes(codes, np.array([10, 11, 12]), offsets=[5, 7], sizes=[2, 3], dense_limit=0)
+    assert not any(level.dense for level in sparse.levels)
+    assert sparse.levels[1].codes.tolist() == [[1, 2], [0, -1]]
+    assert sparse.levels[1].child.tolist() == [[10, 11], [12, -1]]
+    assert sparse.nbytes() < trie.nbytes() * 2
     with pytest.raises(ValueError, match="unique"):
         CodeTrie.from_codes(np.array([[0, 1], [0, 1]]), np.array([1, 2]), [0, 2], [2, 2])
+
+
+def test_sparse_and_dense_tries_decode_identically(tiger):
+    from recbole_macrec.model.beam_search import CodeTrie as Trie
+
+    model, _, data = tiger
+    batch = _batch(data, 6)
+    dense_items, dense_scores = model.beam_search(batch, "text")
+    model.tries["text"] = Trie.for_view(model.vocab, "text", "cpu", dense_limit=0)
+    assert not any(level.dense for level in model.trie("text").levels)
+    items, scores = model.beam_search(batch, "text")
+    assert torch.equal(items, dense_items)
+    torch.testing.assert_close(scores, dense_scores)
+    model.beam_size = model.n_items      # exhaustive: equals brute-force scoring of every item
+    items, scores = model.beam_search(batch, "text")
+    exact = _brute_force(model, batch)
+    assert torch.equal(items[:, :30], exact.argsort(dim=1, descending=True) + 1)
 
 
 def _brute_force(model, batch, view="text"):

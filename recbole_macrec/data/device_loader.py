@@ -42,26 +42,39 @@ class LengthGroupedLoader:
     batches per length-sorted mega-batch (1 = plain random batches); ``seed``: the epoch
     permutations are a function of the seed and the number of epochs drawn so far."""
 
-    def __init__(self, train_data, device, length_field, group=50, seed=0):
+    def __init__(self, train_data, device, length_field, group=50, seed=0, batch_size=None, rank=0,
+                 world_size=1):
         self.source = train_data
         dataset = train_data._dataset
         self.data = dataset.join(dataset.inter_feat).to(device)
         self.length = self.data[length_field]
-        self.batch_size = int(train_data.step)
+        self.batch_size = int(batch_size or train_data.step)
         self.group = max(1, int(group))
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(seed))
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def row_lengths(self):
         """Source length ``[rows]`` of every row an epoch holds."""
         return self.length
 
     def __len__(self):
-        return -(-len(self.row_lengths()) // self.batch_size)
+        n = len(self.row_lengths())
+        batches, last = -(-n // self.batch_size), n % self.batch_size
+        merged = self.world_size > 1 and batches > 1 and 0 < last < self.world_size
+        return batches - merged
 
     def epoch_order(self):
-        """The batches of one epoch: a list of row-index tensors ``[<= batch_size]``."""
-        return grouped_batches(self.row_lengths(), self.batch_size, self.group, self.generator)
+        """The batches of one epoch: a list of row-index tensors ``[<= batch_size]``; with
+        ``world_size > 1`` this rank's share of each (every rank draws the same order from the
+        same seed and takes a disjoint slice of every batch, so the ranks together cover the
+        epoch once and take the same number of steps)."""
+        batches = grouped_batches(self.row_lengths(), self.batch_size, self.group, self.generator)
+        if self.world_size == 1:
+            return batches
+        if len(batches) > 1 and len(batches[-1]) < self.world_size:   # too small to give every rank a row
+            batches = batches[:-2] + [torch.cat(batches[-2:])]
+        return [batch.tensor_split(self.world_size)[self.rank] for batch in batches]
 
     def batch(self, rows):
         return self.data[rows]
@@ -78,8 +91,9 @@ class TaskMixtureLoader(LengthGroupedLoader):
     with the history, its length and the target item per row (an item row: no history, length 0,
     the item as target) and :data:`TASK_FIELD`, the row's index in ``tasks``."""
 
-    def __init__(self, train_data, device, fields, tasks, n_items, group=50, seed=0):
-        super().__init__(train_data, device, fields["length"], group, seed)
+    def __init__(self, train_data, device, fields, tasks, n_items, group=50, seed=0, batch_size=None, rank=0,
+                 world_size=1):
+        super().__init__(train_data, device, fields["length"], group, seed, batch_size, rank, world_size)
         self.fields = fields
         task_of, index, lengths = [], [], []
         n_train = len(self.data)
@@ -113,9 +127,9 @@ class TaskMixtureLoader(LengthGroupedLoader):
 
 
 def device_loader_applies(config, train_data):
-    """True when the training loader is a plain one: one process (DDP shards need RecBole's
-    distributed sampler), no negative sampling, no batch transform."""
+    """True when the training loader is a plain one: no negative sampling, no batch transform
+    (one process or several: each rank then takes its slice of every batch)."""
     neg = getattr(train_data, "neg_sample_args", None) or {}
-    return config["single_spec"] and config["transform"] is None \
+    return config["transform"] is None \
         and neg.get("distribution", "none") == "none" \
         and hasattr(train_data, "_dataset") and hasattr(train_data, "step")

@@ -1,15 +1,20 @@
 """Trie-constrained beam search over semantic IDs, written once for every generative model.
 
-The trie is a set of dense per-level tables built once per catalogue, so decoding needs no
-Python trie and no per-beam callback: at level ``l`` a beam's prefix id selects the row of
-``allowed[l]`` (which codes may follow) and ``child[l]`` (the prefix id, or at the last level the
-item id, they lead to). Every step is a handful of batched tensor operations on the device.
+The trie is a set of per-level tables built once per catalogue, so decoding needs no Python trie
+and no per-beam callback: at level ``l`` a beam's prefix id selects a row that lists which codes
+may follow and the prefix (or, at the last level, the item) each leads to. A level is stored
+dense (``[prefixes, M]``, the codebook's every code) while that is small, and otherwise sparse:
+each prefix's children sorted by code, padded to the level's largest branching (``[prefixes,
+K]``), so deep levels of a large catalogue cost items x branching rather than items x M. Every
+step is a handful of batched tensor operations on the device.
 """
 import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+DENSE_LIMIT = 1 << 22   # a level with at most this many prefix x code cells is stored dense
 
 
 def cached_forward(model, cache, **inputs):
@@ -23,16 +28,51 @@ def cached_forward(model, cache, **inputs):
 
 
 @dataclass
+class TrieLevel:
+    """The successors of every prefix at one level. Dense: ``child [P, M]`` (-1 where code c may
+    not follow prefix p; ``codes`` is None, the column is the code). Sparse: ``codes [P, K]`` and
+    ``child [P, K]``, int32, each row the prefix's children sorted by code, padded with -1."""
+    child: torch.Tensor
+    codes: torch.Tensor = None
+
+    @property
+    def dense(self):
+        return self.codes is None
+
+    def nbytes(self):
+        return sum(t.numel() * t.element_size() for t in (self.child, self.codes) if t is not None)
+
+    def to(self, device):
+        return TrieLevel(self.child.to(device), None if self.codes is None else self.codes.to(device))
+
+
+def build_level(prefix, code, child, n_prefix, size, dense_limit):
+    """One :class:`TrieLevel` from the unique ``(prefix, code) -> child`` triples ``[n]``."""
+    if n_prefix * size <= dense_limit:
+        table = np.full((n_prefix, size), -1, dtype=np.int64)
+        table[prefix, code] = child
+        return TrieLevel(torch.from_numpy(table))
+    order = np.lexsort((code, prefix))
+    prefix, code, child = prefix[order], code[order], child[order]
+    counts = np.bincount(prefix, minlength=n_prefix)
+    slot = np.arange(len(prefix)) - np.repeat(np.cumsum(counts) - counts, counts)
+    codes = np.full((n_prefix, int(counts.max())), -1, dtype=np.int32)
+    children = np.full_like(codes, -1)
+    codes[prefix, slot] = code
+    children[prefix, slot] = child
+    return TrieLevel(torch.from_numpy(children), torch.from_numpy(codes))
+
+
+@dataclass
 class CodeTrie:
-    """``allowed[l] [P_l, M_l]`` bool and ``child[l] [P_l, M_l]`` long (-1 where not allowed);
-    ``offsets[l]`` is the token id of code 0 at level ``l``."""
-    allowed: list
-    child: list
+    """``levels[l]``: a :class:`TrieLevel`; ``offsets[l]`` is the token id of code 0 at level ``l``
+    and ``sizes[l]`` the number of codes there."""
+    levels: list
     offsets: list
     sizes: list
 
     @classmethod
-    def from_codes(cls, codes, item_ids, offsets, sizes):
+    def from_codes(cls, codes, item_ids, offsets, sizes, dense_limit=DENSE_LIMIT):
         """Build from unique ``codes [N, L]`` (numpy or tensor) of items ``item_ids [N]``."""
         codes = np.asarray(codes.cpu() if torch.is_tensor(codes) else codes, dtype=np.int64)
         item_ids = np.asarray(item_ids.cpu() if torch.is_tensor(item_ids) else item_ids, dtype=np.int64)
@@ -41,7 +81,7 @@ class CodeTrie:
         n, n_levels = codes.shape
         prefix = np.zeros(n, dtype=np.int64)          # prefix id of length 0: one root
         n_prefix = 1
-        allowed, child = [], []
+        levels = []
         for level in range(n_levels):
             if level + 1 < n_levels:
                 _, nxt = np.unique(codes[:, : level + 1], axis=0, return_inverse=True)
@@ -49,28 +89,30 @@ class CodeTrie:
                 n_next = int(nxt.max()) + 1
             else:
                 nxt = item_ids
-            table = np.full((n_prefix, sizes[level]), -1, dtype=np.int64)
-            table[prefix, codes[:, level]] = nxt
-            child.append(torch.from_numpy(table))
-            allowed.append(torch.from_numpy(table >= 0))
+            # one (prefix, code) triple per distinct pair: items sharing a prefix share its edge
+            _, first = np.unique(prefix * sizes[level] + codes[:, level], return_index=True)
+            levels.append(build_level(prefix[first], codes[first, level], nxt[first], n_prefix,
+                                      sizes[level], dense_limit))
             if level + 1 < n_levels:
                 prefix, n_prefix = nxt, n_next
-        return cls(allowed, child, list(offsets), list(sizes))
+        return cls(levels, list(offsets), list(sizes))
 
     @classmethod
-    def for_view(cls, vocab, view, device):
+    def for_view(cls, vocab, view, device, dense_limit=DENSE_LIMIT):
         """The trie of every item's tokens in ``view`` of a :class:`SemanticIdVocab`."""
         table = vocab.item_token_table(view)
         return cls.from_codes(vocab.codes_of(view, table[1:]), torch.arange(1, len(table)),
-                              vocab.level_offsets[view], vocab.level_sizes[view]).to(device)
+                              vocab.level_offsets[view], vocab.level_sizes[view], dense_limit).to(device)
 
     @property
     def num_levels(self):
-        return len(self.child)
+        return len(self.levels)
+
+    def nbytes(self):
+        return sum(level.nbytes() for level in self.levels)
 
     def to(self, device):
-        return CodeTrie([a.to(device) for a in self.allowed], [c.to(device) for c in self.child],
-                        self.offsets, self.sizes)
+        return CodeTrie([level.to(device) for level in self.levels], self.offsets, self.sizes)
 
 
 @torch.no_grad()
@@ -88,25 +130,32 @@ def constrained_beam_search(step, batch_size, trie, beam_size, eos):
     Returns ``items [B, K]`` (internal item ids, -1 where fewer than K items exist) and
     ``scores [B, K]`` (-inf where item is -1).
     """
-    device = trie.child[0].device
+    device = trie.levels[0].child.device
     B, K = batch_size, beam_size
     scores = torch.zeros(B, 1, device=device)
     prefix = torch.zeros(B, 1, dtype=torch.long, device=device)
     rows = torch.arange(B, device=device)[:, None]
     tokens, reorder = None, None
-    for level in range(trie.num_levels):
-        log_probs = step(tokens, reorder)
-        lo, m = trie.offsets[level], trie.sizes[level]
-        n_beams = prefix.shape[1]
-        cand = log_probs[:, lo:lo + m].float().view(B, n_beams, m) + scores[..., None]
-        cand = cand.masked_fill(~trie.allowed[level][prefix], float("-inf")).view(B, n_beams * m)
-        k = min(K, n_beams * m)
+    for level, table in enumerate(trie.levels):
+        log_probs = step(tokens, reorder).float()
+        lo, n_beams = trie.offsets[level], prefix.shape[1]
+        child = table.child[prefix].long()                     # [B, n_beams, C]
+        if table.dense:   # candidates: every code of the level
+            codes = None
+            cand = log_probs[:, lo:lo + trie.sizes[level]].view(B, n_beams, -1)
+        else:             # candidates: the prefix's children
+            codes = table.codes[prefix].long()
+            cand = log_probs.view(B, n_beams, -1).gather(2, lo + codes.clamp_min(0))
+        width = child.shape[2]
+        cand = (cand + scores[..., None]).masked_fill(child < 0, float("-inf")).view(B, n_beams * width)
+        k = min(K, n_beams * width)
         scores, flat = cand.topk(k, dim=1)
         if k < K:  # pad to K beams so that every later step has a fixed shape
             scores = torch.cat([scores, scores.new_full((B, K - k), float("-inf"))], dim=1)
             flat = torch.cat([flat, flat.new_zeros((B, K - k))], dim=1)
-        beam, code = flat // m, flat % m
-        prefix = trie.child[level][prefix.gather(1, beam), code].clamp_min(0)
+        beam = flat // width
+        code = flat % width if codes is None else codes.view(B, -1).gather(1, flat)
+        prefix = child.view(B, -1).gather(1, flat).clamp_min(0)
         reorder = (rows * n_beams + beam).view(-1)
         tokens = (code + lo).view(-1, 1)
     # the eos step: after a full item eos is the only allowed token; its log-probability counts

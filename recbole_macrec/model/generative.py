@@ -102,7 +102,7 @@ class SemanticIdModelMixin:
                                f"the evaluator would rank items the beam never scored")
         task_mix_setting(config)
         if (config["sid_method"] or "import") != "import":
-            QuantizerParams.from_config(config)
+            QuantizerParams.from_config(config, config["sid_method"])
 
     def task_mixture(self):
         """``[(task, kind)]`` of the tasks a mixture epoch holds (``kind``: ``"seq"``, one row per

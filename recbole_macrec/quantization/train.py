@@ -6,6 +6,7 @@ level assigned by Sinkhorn while training, as MQL4GRec's and LC-Rec's released R
 reconstruction alignment). Codes are always extracted by nearest codeword, as all three released
 code bases do.
 """
+import time
 from dataclasses import dataclass, field
 from logging import getLogger
 
@@ -73,7 +74,7 @@ class QuantizerParams:
     dead_code_restart: bool = False
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, method="macrec"):
         if config["sid_con_positive"] is not None:
             raise SettingError("sid_con_positive was removed: sid_con_variant: paper takes positives from "
                              "the other view's clusters, sid_con_variant: released is the released code "
@@ -84,11 +85,11 @@ class QuantizerParams:
             if value is not None:
                 values[name] = tuple(value) if isinstance(value, list) else value
         params = cls(**values)
-        params.validate()
+        params.validate(method)
         return params
 
-    def validate(self):
-        """Clear errors, naming the setting, for values the pre-stage cannot use."""
+    def validate(self, method="macrec"):
+        """Clear errors, naming the setting, for values the pre-stage of ``method`` cannot use."""
         for name in ("num_levels", "codebook_size", "e_dim", "epochs", "batch_size", "eval_step",
                      "pseudo_label_k", "kmeans_iters"):
             value = getattr(self, name)
@@ -96,25 +97,29 @@ class QuantizerParams:
                 raise SettingError(f"sid_{name} must be a positive integer, got {value!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise SettingError(f"sid_lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
-                             f"'{self.lr_schedule}'")
+                               f"'{self.lr_schedule}'")
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) \
                 or self.warmup_epochs < 0:
             raise SettingError(f"sid_warmup_epochs must be a non-negative integer, got {self.warmup_epochs!r}")
         if self.con_variant not in CON_VARIANTS:
             raise SettingError(f"sid_con_variant must be one of {', '.join(CON_VARIANTS)}, got "
-                             f"'{self.con_variant}'")
-        if len(self.con_weights) > self.num_levels:
-            raise SettingError(f"sid_con_weights has {len(self.con_weights)} entries but sid_num_levels is "
-                             f"{self.num_levels}: a weight on level {self.num_levels} (0-based), which "
-                             f"does not exist")
-        if len(self.con_weights) < self.num_levels:
-            raise SettingError(f"sid_con_weights has {len(self.con_weights)} entries for "
-                             f"sid_num_levels={self.num_levels}: give one weight per level")
-        if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in self.con_weights):
-            raise SettingError(f"sid_con_weights must be non-negative numbers, got {list(self.con_weights)}")
+                               f"'{self.con_variant}'")
         if self.collision not in COLLISION_STRATEGIES:
             raise SettingError(f"sid_collision must be one of {', '.join(COLLISION_STRATEGIES)}, got "
-                             f"'{self.collision}'")
+                               f"'{self.collision}'")
+        if method == "macrec" and self.con_variant == "paper":   # the only reader of the weights
+            self.validate_con_weights()
+
+    def validate_con_weights(self):
+        if len(self.con_weights) > self.num_levels:
+            raise SettingError(f"sid_con_weights has {len(self.con_weights)} entries but sid_num_levels is "
+                               f"{self.num_levels}: a weight on level {self.num_levels} (0-based), which "
+                               f"does not exist")
+        if len(self.con_weights) < self.num_levels:
+            raise SettingError(f"sid_con_weights has {len(self.con_weights)} entries for "
+                               f"sid_num_levels={self.num_levels}: give one weight per level")
+        if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in self.con_weights):
+            raise SettingError(f"sid_con_weights must be non-negative numbers, got {list(self.con_weights)}")
 
 
 @dataclass
@@ -142,17 +147,22 @@ def build_models(views, params, method, device):
 
 
 @torch.no_grad()
-def encode_all(model, x, batch_size):
-    """Codes ``[N, L]`` (nearest codeword on every level, as the released code extracts them),
-    distances ``[L, N, M]`` and level input residuals ``[L, N, d]`` for every row of ``x``."""
+def encode_all(model, x, batch_size, residuals=False, distance_levels=()):
+    """Codes ``[N, L]`` of every row of ``x`` (nearest codeword on every level, as the released
+    code extracts them); with ``residuals`` also the level input residuals ``[L, N, d]``; and the
+    squared distances ``[N, M]`` of each level in ``distance_levels``. Only what is asked for is
+    kept: at 10^6 items all levels' distances would be 4 GB."""
     model.eval()
-    codes, dists, residuals = [], [], []
+    codes, kept, dists = [], [], {level: [] for level in distance_levels}
     for start in range(0, len(x), batch_size):
         out = model.quantizer(model.encoder(x[start:start + batch_size]), balanced=False)
         codes.append(out["codes"])
-        dists.append(out["distances"])
-        residuals.append(out["residuals"])
-    return torch.cat(codes), torch.cat(dists, dim=1), torch.cat(residuals, dim=1)
+        if residuals:
+            kept.append(out["residuals"])
+        for level in distance_levels:
+            dists[level].append(out["distances"][level].cpu())
+    return (torch.cat(codes), torch.cat(kept, dim=1) if residuals else None,
+            {level: torch.cat(d).numpy() for level, d in dists.items()})
 
 
 def contrastive_parts(out_a, out_b, labels_a, labels_b, params, generator):
@@ -228,6 +238,7 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
     epochs = tqdm(range(params.epochs), desc=f"pre-stage {method}", ncols=100,
                   disable=not show_progress)
     for epoch in epochs:
+        epoch_start = time.perf_counter()
         for m in models.values():
             m.train()
         order = torch.randperm(n_items, generator=generator, device=device)
@@ -242,21 +253,23 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
             scheduler.step()
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v.item() * len(idx) / n_items
+        epoch_s = round(time.perf_counter() - epoch_start, 3)
         evaluated = (epoch + 1) % params.eval_step == 0 or epoch == params.epochs - 1
         restart = params.dead_code_restart and epoch < params.epochs - 1
         if not (evaluated or restart):
             continue
         rates = {}
         for name, model in models.items():
-            codes, dists, residuals = encode_all(model, x[name], params.batch_size)
+            codes, residuals, _ = encode_all(model, x[name], params.batch_size, residuals=restart)
             codes_np = codes.cpu().numpy()
             rates[name] = collision_rate(codes_np)
-            entry = {"epoch": epoch, "collision_rate": rates[name],
+            entry = {"epoch": epoch, "collision_rate": rates[name], "epoch_s": epoch_s,
                      **{k: v for k, v in totals.items() if k.startswith(name + "/")}}
             if evaluated and (name not in best or rates[name] < best[name].rate):
-                dists = dists.cpu().numpy()
-                best[name] = ViewCodes(codes_np, dists[-1], dists[max(len(dists) - 2, 0)], epoch,
-                                       rates[name])
+                # distances only for a new best: the two levels collision resolution ranks by
+                last, prev = params.num_levels - 1, max(params.num_levels - 2, 0)
+                dists = encode_all(model, x[name], params.batch_size, distance_levels=(last, prev))[2]
+                best[name] = ViewCodes(codes_np, dists[last], dists[prev], epoch, rates[name])
             if restart:
                 entry["dead_codes_restarted"] = model.quantizer.restart_dead_codes(
                     residuals, codes, generator, optimizer)

@@ -59,6 +59,10 @@ class GenerativeTrainer(Trainer):
         self.length_group = config["gr_length_group"]
         self.device_loader = None
         self.budget_plan = None
+        self.rank = config["local_rank"] + (config["offset"] or 0) if not config["single_spec"] else 0
+        self.world_size = 1 if config["single_spec"] else int(config["world_size"])
+        if self.world_size > 1 and config["gr_train_budget_s"]:
+            raise SettingError("gr_train_budget_s plans epochs in one process; with several, set epochs")
 
     def _build_optimizer(self, **kwargs):
         params = kwargs.pop("params", self.model.parameters())
@@ -78,26 +82,29 @@ class GenerativeTrainer(Trainer):
     def batches_of(self, train_data):
         """The training batches: the model's task mixture (``gr_task_mix: released``), else
         device-resident length-grouped batches when ``gr_length_group`` is set and the loader is a
-        plain one, else RecBole's loader."""
+        plain one, else RecBole's loader. With several processes each rank takes its slice of
+        every batch of ``train_batch_size`` rows."""
         mixture = self.model.task_mixture() if hasattr(self.model, "task_mixture") else None
-        if mixture is not None:
-            if not device_loader_applies(self.config, train_data):
-                raise SettingError("gr_task_mix: released builds its epochs on the device, which needs one "
-                                 "process, no negative sampling and no transform; use gr_task_mix: per_batch")
-            if self.device_loader is None or self.device_loader.source is not train_data:
+        applies = device_loader_applies(self.config, train_data)
+        if mixture is None and not (self.length_group and applies):
+            return train_data
+        if not applies:
+            raise SettingError("gr_task_mix: released builds its epochs on the device, which needs no "
+                               "negative sampling and no transform; use gr_task_mix: per_batch")
+        if self.device_loader is None or self.device_loader.source is not train_data:
+            common = dict(seed=self.config["seed"], batch_size=self.config["train_batch_size"],
+                          rank=self.rank, world_size=self.world_size)
+            if mixture is not None:
                 fields = {"seq": self.model.ITEM_SEQ, "length": self.model.ITEM_SEQ_LEN,
                           "item": self.model.POS_ITEM_ID}
-                self.device_loader = TaskMixtureLoader(
-                    train_data, self.device, fields, mixture, self.model.n_items,
-                    group=max(1, int(self.length_group or 1)), seed=self.config["seed"])
-            return self.device_loader
-        if self.length_group and device_loader_applies(self.config, train_data):
-            if self.device_loader is None or self.device_loader.source is not train_data:
-                self.device_loader = LengthGroupedLoader(
-                    train_data, self.device, self.config["ITEM_LIST_LENGTH_FIELD"],
-                    group=self.length_group, seed=self.config["seed"])
-            return self.device_loader
-        return train_data
+                self.device_loader = TaskMixtureLoader(train_data, self.device, fields, mixture,
+                                                       self.model.n_items, group=max(1, int(self.length_group or 1)),
+                                                       **common)
+            else:
+                self.device_loader = LengthGroupedLoader(train_data, self.device,
+                                                         self.config["ITEM_LIST_LENGTH_FIELD"],
+                                                         group=self.length_group, **common)
+        return self.device_loader
 
     def autocast(self, enabled):
         """bf16 autocast on the trainer's device when ``enabled``."""
@@ -179,10 +186,13 @@ class GenerativeTrainer(Trainer):
 
     def train_step(self, interaction, loss_func=None):
         """One optimisation step on a batch already on the device; returns the detached loss."""
+        distributed = self.world_size > 1
+        if distributed:   # arm DDP's gradient all-reduce, as RecBole's own trainer does
+            self.set_reduce_hook()
         with self.autocast(self.bf16):
             loss = (loss_func or self.model.calculate_loss)(interaction)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self.sync_grad_loss() if distributed else loss).backward()
         if self.clip_grad_norm:
             clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
         self.optimizer.step()
