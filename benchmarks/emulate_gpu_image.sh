@@ -5,7 +5,7 @@
 #   bash benchmarks/emulate_gpu_image.sh [pytest args]
 # Needs python3.12 (PYTHON312=...) and .whl (benchmarks/README.md). The venv (VENV, default
 # /tmp/gpu_image_venv) takes about 5 GB: PyPI's torch 2.11 is the CUDA build; it runs on the CPU.
-# Versions as the device tool's KINDS.md lists the image's (read 2026-11); torchvision is left out.
+# Versions as the GPU image lists them (read 2026-11); torchvision is left out.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON312:-python3.12}

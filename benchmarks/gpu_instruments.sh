@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_instruments.sh OUT_DIR
 # (from another folder too: RecBole's dataset/, log/ and saved/ then go into that folder)
 # Every run writes its json (+ per-user ranks) as soon as it finishes; log.txt has everything.
-# BUNDLE=1 (for the device tool, which returns at most 8 files) keeps the run files in RUNS_DIR
+# BUNDLE=1 (for a remote runner that returns at most 8 files) keeps the run files in RUNS_DIR
 # (default /tmp/gpu_runs) and refreshes OUT_DIR/runs.tgz after every step, so OUT_DIR holds only
 # log.txt, gpu_utilisation.csv and runs.tgz. Add them to the leaderboard on the development machine with
 # `python -m recbole_macrec.leaderboard --dataset=Instruments --ingest OUT_DIR/runs.tgz` (or OUT_DIR).

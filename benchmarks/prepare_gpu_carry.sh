@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # On the development machine (which reaches PyPI), once: the two git-ignored folders that a GPU
-# machine without network needs, for the device tool's carry: [".whl", ".gpu_data"].
+# machine without network needs: [".whl", ".gpu_data"], copied (or uploaded) into its checkout.
 #   .whl/                     wheels the GPU image lacks, for its Python 3.12 (FAISS=1 adds faiss-cpu,
 #                             19 MB, which only the k-means pre-stages use)
 #   .gpu_data/Instruments/    a copy of ../shared/data/Instruments (INSTRUMENTS_SRC=...)
 #   bash benchmarks/prepare_gpu_carry.sh
-# Ends with the carried size, which must stay under the device tool's 64 MiB a call.
+# Ends with their size, which must stay under 64 MiB (a remote runner's upload limit).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -25,5 +25,5 @@ ls .whl
 du -sh --total .whl .gpu_data
 total_kib=$(du -sk --total .whl .gpu_data | tail -1 | cut -f1)
 if [ "$total_kib" -ge $((64 * 1024)) ]; then
-  echo "carry is ${total_kib} KiB, over the device tool's 64 MiB: leave faiss out (FAISS=0)"; exit 1
+  echo "carry is ${total_kib} KiB, over 64 MiB: leave faiss out (FAISS=0)"; exit 1
 fi
