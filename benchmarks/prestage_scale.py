@@ -80,8 +80,7 @@ def main(argv=None):
     if args.out:
         from recbole_macrec.utils import write_json
 
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_json(args.out, result)
+        write_json(args.out, result)   # (creates the folder)
     return result
 
 

@@ -105,8 +105,7 @@ def main(argv=None):
     result = {"machine": f"{platform.machine()} CPU x{os.cpu_count()}", "torch_threads": torch.get_num_threads(),
               "levels": LEVELS, "codebook": SIZE, "users": args.users, "beam": args.beam, "rows": rows}
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_json(args.out, result)
+        write_json(args.out, result)   # (creates the folder)
     return result
 
 

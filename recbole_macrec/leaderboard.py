@@ -130,22 +130,29 @@ def run_problem(run):
     return None
 
 
+def read_run_file(path):
+    """``(run, None)`` for a usable run file, else ``(None, why)``."""
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        return None, f"not readable json ({err})"
+    problem = run_problem(run)
+    if problem:
+        return None, f"not a run result ({problem})"
+    run.setdefault("label", run["model"])
+    return run, None
+
+
 def load_runs(runs_dir):
     """The usable run files of ``runs_dir``; a malformed one is reported and left out (one bad
     file must not stop every later leaderboard build)."""
     runs = []
     for path in sorted(glob.glob(os.path.join(runs_dir, "*.json"))):
-        try:
-            with open(path) as f:
-                run = json.load(f)
-        except (OSError, json.JSONDecodeError) as err:
-            print(f"warning: {path}: not readable json ({err}): left out", file=sys.stderr)
+        run, why = read_run_file(path)
+        if run is None:
+            print(f"warning: {path}: {why}: left out", file=sys.stderr)
             continue
-        problem = run_problem(run)
-        if problem:
-            print(f"warning: {path}: not a run result ({problem}): left out", file=sys.stderr)
-            continue
-        run.setdefault("label", run["model"])
         run["path"] = path
         runs.append(run)
     return runs
@@ -409,17 +416,10 @@ def ingest(paths, runs_dir):
     targets = []
     with tempfile.TemporaryDirectory() as scratch:
         for path in json_files(paths, scratch):
-            try:
-                with open(path) as f:
-                    run = json.load(f)
-            except (OSError, json.JSONDecodeError) as err:
-                print(f"{path}: not readable json ({err}): not ingested", file=sys.stderr)
+            run, why = read_run_file(path)
+            if run is None:
+                print(f"{path}: {why}: not ingested", file=sys.stderr)
                 continue
-            problem = run_problem(run)
-            if problem:
-                print(f"{path}: not a run result ({problem}): not ingested", file=sys.stderr)
-                continue
-            run.setdefault("label", run["model"])
             target = os.path.join(runs_dir, f"{slug(run['label'])}-e{int(run['epochs'])}-seed{int(run['seed'])}.json")
             write_json(target, run)   # strict JSON, whatever wrote the file
             ranks = path[: -len(".json")] + ".ranks.npz"
