@@ -230,34 +230,27 @@ class GenerativeRecommender(SemanticIdModelMixin, SequentialRecommender):
     def task_kind(self, task):
         return TASKS[task][1]
 
-    def task_views(self, task, rows, device):
-        """Source and target view indices ``[rows]`` of ``task``; a RANDOM task draws the source
-        view per row (torch's RNG: seeded runs repeat) and targets the other view."""
-        src, _, tgt = TASKS[task]
-        if src == RANDOM:
-            src = (torch.rand(rows, device=device) < 0.5).long()
-            return src, 1 - src
-        return torch.full((rows,), src, device=device), torch.full((rows,), tgt, device=device)
+    def task_source(self, view, kind, interaction, task, max_len):
+        """Source ``[B, S]`` of ``task`` in ``view``: the history (``kind`` "seq") or the target item."""
+        if kind == "seq":
+            return self.history_source(view, interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
+                                       task, max_len)[0]
+        return self.item_source(view, interaction[self.POS_ITEM_ID], task)[0]
 
     def task_batch(self, task, interaction, max_len=None):
         """``(source, mask, target)`` of ``task`` for a RecBole batch (``max_len``: its longest
-        history, if known)."""
-        _, kind, _ = TASKS[task]
-        target_items = interaction[self.POS_ITEM_ID]
-        src_view, tgt_view = self.task_views(task, len(target_items), target_items.device)
-        sources, targets = [], []
-        for v, view in enumerate(self.views[:2]):
-            if kind == "seq":
-                src, _ = self.history_source(view, interaction[self.ITEM_SEQ],
-                                             interaction[self.ITEM_SEQ_LEN], task, max_len)
-            else:
-                src, _ = self.item_source(view, target_items, task)
-            sources.append(src)
-            targets.append(self.target_tokens(view, target_items))
-        if len(self.views) == 1:
-            return sources[0], sources[0].ne(PAD), targets[0]
-        src = stack_rows(sources, src_view, PAD)
-        return src, src.ne(PAD), stack_rows(targets, tgt_view, IGNORE)
+        history, if known). A RANDOM task draws each row's source view (torch's RNG: seeded runs
+        repeat) and targets the other view."""
+        src_view, kind, tgt_view = TASKS[task]
+        items = interaction[self.POS_ITEM_ID]
+        if src_view != RANDOM:
+            src = self.task_source(self.views[src_view], kind, interaction, task, max_len)
+            return src, src.ne(PAD), self.target_tokens(self.views[tgt_view], items)
+        from_view = (torch.rand(len(items), device=items.device) < 0.5).long()
+        sources = [self.task_source(view, kind, interaction, task, max_len) for view in self.views[:2]]
+        src = stack_rows(sources, from_view, PAD)
+        targets = [self.target_tokens(view, items) for view in self.views[:2]]
+        return src, src.ne(PAD), stack_rows(targets, 1 - from_view, IGNORE)
 
     # ---- training ----------------------------------------------------------------------------
     def task_groups(self, tasks):
