@@ -158,16 +158,36 @@ def load_runs(runs_dir):
     return runs
 
 
-def current_settings_digest(entry, dataset, seed, config_files, overrides):
-    """The settings digest a run of ``entry`` would record now (a Config only; nothing loads)."""
+def entry_config(entry, dataset, seed, config_files, overrides):
+    """The Config a run of ``entry`` would use (nothing loads)."""
     from recbole_macrec.config import Config
-    from recbole_macrec.quick_start import effective_settings, settings_digest
     from recbole_macrec.utils import get_model
 
-    config = Config(model=get_model(entry.model), dataset=dataset,
-                    config_file_list=(config_files + entry.config_files) or None,
-                    config_dict={**overrides, "seed": seed})
-    return settings_digest(effective_settings(config))
+    return Config(model=get_model(entry.model), dataset=dataset,
+                  config_file_list=(config_files + entry.config_files) or None,
+                  config_dict={**overrides, "seed": seed})
+
+
+def current_settings_digest(entry, dataset, seed, config_files, overrides):
+    """The settings digest a run of ``entry`` would record now."""
+    from recbole_macrec.quick_start import effective_settings, settings_digest
+
+    return settings_digest(effective_settings(entry_config(entry, dataset, seed, config_files, overrides)))
+
+
+def label_entries(entries, dataset, config_files, overrides):
+    """A row named by the model takes the run_label its settings give (``--set run_label=...``, a
+    config file's): run files are named by label, so two settings of one model never share one.
+    Two rows with one label are an error."""
+    for entry in entries:
+        if entry.label == entry.model:
+            entry.label = entry_config(entry, dataset, 2020, config_files, overrides)["run_label"] or entry.label
+    labels = [e.label for e in entries]
+    twice = next((label for label in labels if labels.count(label) > 1), None)
+    if twice:
+        raise SettingError(f"two rows would be named '{twice}' (one run_label for several models?): "
+                           f"give each row its own label")
+    return entries
 
 
 def finished_run_matches(path, digest):
@@ -494,6 +514,10 @@ def main(argv=None):
             sys.exit(str(err))
     # RecBole's Config reads --key=value from sys.argv: keep the leaderboard's own flags away.
     sys.argv = sys.argv[:1]
+    try:
+        entries = label_entries(entries, args.dataset, config_files, overrides)
+    except (SettingError, DataError) as err:
+        sys.exit(f"error: {err}")
     todo = [(e, 2020 + s) for e in entries for s in range(args.seeds)]
     for entry, seed in todo:   # refuse before anything runs: a finished run with other settings
         path = run_path(runs_dir, entry.label, seed)

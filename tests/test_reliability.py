@@ -214,6 +214,11 @@ def test_leaderboard_resumes_only_identical_settings(tiny_dataset, workdir, caps
     with pytest.raises(SystemExit, match="SASRec-seed2020.json was made with other settings"):
         _leaderboard(tiny_dataset, out, "hidden_size=32", "--seeds=2")
     assert not (out / "runs" / "SASRec-seed2021.json").exists()   # refused before anything ran
+    # a run_label names the row and its files: the other setting is its own row
+    _leaderboard(tiny_dataset, out, "hidden_size=32", "run_label='SASRec wide'")
+    assert (out / "runs" / "SASRec_wide-seed2020.json").exists()
+    assert json.loads((out / "runs" / "SASRec-seed2020.json").read_text())["settings"]["hidden_size"] == 16
+    assert "| SASRec wide |" in (out / "leaderboard.md").read_text()
 
 
 def test_runs_of_one_label_with_other_settings_are_separate_rows(tiny_dataset, workdir):
