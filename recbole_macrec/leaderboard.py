@@ -4,6 +4,7 @@
         [--seeds=3] [--config_files="a.yaml b.yaml"] [--preset=ablation] [--rerun] [--out=results/ml-100k]
     python -m recbole_macrec.leaderboard --dataset=Instruments --ingest OUT/runs.tgz   # add finished runs
     python -m recbole_macrec.leaderboard --readme                          # README results from files
+    python -m recbole_macrec.leaderboard --dataset=ml-100k --compare "MACRec|TIGER" "MACRec|SASRec"
 
 Each finished run is saved at once under ``<out>/runs/`` (json + per-user ranks), so an
 interrupted leaderboard resumes where it stopped; ``--rerun`` redoes finished runs. The tables
@@ -291,6 +292,41 @@ def paired_test(runs, best, second, metric=KEY_METRIC):
             "wilcoxon_p": float(stats.wilcoxon(a, b).pvalue)}
 
 
+def parse_comparisons(items):
+    """``["A|B", ...]`` -> ``[("A", "B"), ...]``; a clear error for anything else."""
+    pairs = []
+    for item in items:
+        parts = [p.strip() for p in item.split("|")]
+        if len(parts) != 2 or not all(parts):
+            raise SettingError(f"--compare {item!r}: expected two row labels separated by '|', "
+                               f"e.g. \"MACRec|TIGER\"")
+        pairs.append(tuple(parts))
+    return pairs
+
+
+def comparisons(runs, rows, pairs, metric=KEY_METRIC):
+    """Paired tests (per-user ``metric``) for each ``(label_a, label_b)`` pair of rows."""
+    by_label = {r["label"]: r for r in rows}
+    missing = sorted({lab for pair in pairs for lab in pair if lab not in by_label})
+    if missing:
+        raise SettingError(f"--compare: no row labelled {', '.join(map(repr, missing))}; rows are "
+                           f"{', '.join(map(repr, by_label))}")
+    return [paired_test(runs, by_label[a], by_label[b], metric) for a, b in pairs]
+
+
+def comparison_lines(tests):
+    lines = ["", f"Paired tests on per-user {tests[0]['metric'].upper()} (A - B; users matched by token, "
+                 "per-user values averaged over each row's seeds):", "",
+             "| A | B | users | mean difference | t-test p | Wilcoxon p |", "|---|---|---|---|---|---|"]
+    for t in tests:
+        if "note" in t:
+            lines.append(f"| {t['best']} | {t['runner_up']} | {t.get('users', '—')} | {t['note']} | | |")
+        else:
+            lines.append(f"| {t['best']} | {t['runner_up']} | {t['users']} | {t['mean_difference']:+.4f} | "
+                         f"{t['t_test_p']:.3g} | {t['wilcoxon_p']:.3g} |")
+    return lines
+
+
 def published_results(dataset):
     path = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
     if not path.is_file():
@@ -318,7 +354,7 @@ def _seconds(value):
     return "—" if value is None else (f"{value:.1f}" if value < 100 else f"{value:.0f}")
 
 
-def markdown(dataset, rows, sig, published, collisions):
+def markdown(dataset, rows, sig, published, collisions, tests=()):
     shown = [m for m in METRICS if not m.endswith("@20")]
     coded = any("code_level" in r for r in rows)
     code_cols = CODE_METRICS if coded else []
@@ -359,6 +395,8 @@ def markdown(dataset, rows, sig, published, collisions):
                          f"{sig['runner_up']} ({sig['users']} users): mean difference "
                          f"{sig['mean_difference']:+.4f}, t-test p = {sig['t_test_p']:.3g}, "
                          f"Wilcoxon p = {sig['wilcoxon_p']:.3g}.")
+    if tests:
+        lines += comparison_lines(tests)
     if collisions:
         lines += ["", "Semantic IDs (collision rate before -> after resolution):", "",
                   "| model | method | view | before | after | items moved |", "|---|---|---|---|---|---|"]
@@ -388,13 +426,14 @@ def plot(rows, path, dataset):
     plt.close(fig)
 
 
-def write_outputs(out_dir, dataset, runs):
+def write_outputs(out_dir, dataset, runs, pairs=()):
     rows = aggregate(runs)
     sig = significance(runs, rows)
+    tests = comparisons(runs, rows, pairs)
     published = published_results(dataset)
     collisions = collision_rows(runs)
     with open(os.path.join(out_dir, "leaderboard.md"), "w") as f:
-        f.write(markdown(dataset, rows, sig, published, collisions))
+        f.write(markdown(dataset, rows, sig, published, collisions, tests))
     with open(os.path.join(out_dir, "leaderboard.csv"), "w", newline="") as f:
         columns = ["label", "model", "epochs", "epochs_run", "seeds"] + [c for m in METRICS for c in (m, m + "_std")] \
             + ["epoch_s", "test_s", "wall_time_s", "machine"]
@@ -403,7 +442,7 @@ def write_outputs(out_dir, dataset, runs):
         for row in rows:
             writer.writerow({**{c: row[c] for c in columns}, "seeds": " ".join(map(str, row["seeds"]))})
     write_json(os.path.join(out_dir, "leaderboard.json"), {
-        "dataset": dataset, "rows": rows, "significance": sig, "published": published, "semantic_ids": collisions,
+        "dataset": dataset, "rows": rows, "significance": sig, "comparisons": tests, "published": published, "semantic_ids": collisions,
         "runs": [{k: v for k, v in r.items() if k != "path"} | {"file": os.path.basename(r["path"])} for r in runs]})
     if rows:
         plot(rows, os.path.join(out_dir, "leaderboard.png"), dataset)
@@ -476,6 +515,8 @@ def main(argv=None):
     parser.add_argument("--readme", action="store_true", help="rewrite the README's results block")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every run, e.g. epochs=5")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="A|B",
+                        help="paired tests between rows, by label, e.g. \"MACRec|TIGER\"")
     args = parser.parse_args(argv)
     if args.readme and not args.dataset:
         update_readme()
@@ -498,6 +539,7 @@ def main(argv=None):
     sid_method = None
     try:
         overrides = parse_overrides(args.set)
+        pairs = parse_comparisons(args.compare)
         if args.preset == "ablation":
             from recbole_macrec.config import Config
 
@@ -534,7 +576,10 @@ def main(argv=None):
             run_entry(entry, args.dataset, seed, config_files, overrides, runs_dir)
         except (SettingError, DataError, FileNotFoundError) as err:
             sys.exit(f"error: {entry.label} seed {seed}: {err}")
-    rows = write_outputs(out, args.dataset, load_runs(runs_dir))
+    try:
+        rows = write_outputs(out, args.dataset, load_runs(runs_dir), pairs)
+    except SettingError as err:
+        sys.exit(f"error: {err}")
     print(open(os.path.join(out, "leaderboard.md")).read())
     return rows
 

@@ -156,3 +156,40 @@ def test_result_jsons_are_strict_json(workdir):
     (workdir / "runs").mkdir()
     [target] = ingest([str(workdir / "old")], str(workdir / "runs"))
     assert strict_load(target) == {**old, "best_valid_score": None, "label": "TIGER"}
+
+
+def _hand_run(runs_dir, label, seed, ranks):
+    """A finished run of ``label`` whose users u0.. have the given target ranks (0 = not listed)."""
+    import numpy as np
+
+    run = {"model": "M", "label": label, "epochs": 1, "seed": seed, "wall_time_s": 1.0, "machine": "m",
+           "settings_digest": "d", "test_result": {m: 0.1 for m in leaderboard.METRICS}}
+    path = leaderboard.run_path(str(runs_dir), label, seed)
+    with open(path, "w") as f:
+        json.dump(run, f)
+    np.savez_compressed(path[: -len(".json")] + ".ranks.npz", users=np.array([f"u{i}" for i in range(len(ranks))]),
+                        rank=np.array(ranks))
+
+
+def test_compare_pairs_rows_by_label_on_hand_made_ranks(tmp_path):
+    import numpy as np
+
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    a = [1, 2, 0, 1, 3, 1, 0, 2]
+    b = [0, 2, 5, 0, 0, 11, 1, 4]   # 11 is outside the top 10: scores 0
+    _hand_run(runs_dir, "A one", 2020, a)
+    _hand_run(runs_dir, "B (two)", 2020, b)
+    runs = leaderboard.load_runs(str(runs_dir))
+    rows = leaderboard.aggregate(runs)
+    ndcg = lambda r: 1 / np.log2(r + 1) if 0 < r <= 10 else 0.0
+    expected = np.mean([ndcg(x) - ndcg(y) for x, y in zip(a, b)])
+    [test] = leaderboard.comparisons(runs, rows, leaderboard.parse_comparisons(["A one | B (two)"]))
+    assert test["users"] == 8 and test["mean_difference"] == pytest.approx(expected)
+    assert 0 < test["t_test_p"] < 1 and 0 < test["wilcoxon_p"] < 1
+    md = leaderboard.markdown("toy", rows, None, {}, [], [test])
+    assert f"| A one | B (two) | 8 | {expected:+.4f} |" in md
+    with pytest.raises(leaderboard.SettingError, match="no row labelled 'C'"):
+        leaderboard.comparisons(runs, rows, [("A one", "C")])
+    with pytest.raises(leaderboard.SettingError, match="two row labels"):
+        leaderboard.parse_comparisons(["A one"])
