@@ -43,10 +43,16 @@ def sid_field(view):
 
 def settings_key(config, method, views, params):
     """Everything besides the input files that determines the codes: the method, views, seed,
-    pre-stage settings and the data RecBole makes from the files under the config's filters
-    (``data_digest``: catalogue and training pairs)."""
+    pre-stage settings, the settings of the views the project computes (another text encoder is
+    another setting, with a folder of its own) and the data RecBole makes from the files under the
+    config's filters (``data_digest``: catalogue and training pairs)."""
+    view_settings = {} if method == "import" else {key: config[key] for key in VIEW_SETTINGS}
     return json.dumps({"method": method, "views": list(views), "seed": config["seed"],
-                       "params": params.__dict__, "data": data_digest(config)}, sort_keys=True, default=list)
+                       "params": params.__dict__, "views_from": view_settings, "data": data_digest(config)},
+                      sort_keys=True, default=list)
+
+
+VIEW_SETTINGS = ("text_encoder", "text_view_fields", "view_dim")
 
 
 # RecBole settings that shape the catalogue and the training pairs (recorded in the report; the

@@ -155,3 +155,17 @@ def test_import_of_instruments_keeps_published_codes_of_non_colliding_items(work
     assert len(unique_items) > 5000
     assert all(tuple(got["text"][k]) == tuples[k] for k in unique_items)
     assert len({tuple(c) for c in got["text"].values()}) == 6250
+
+
+def test_another_text_encoder_is_another_setting_with_its_own_folder(tiny_dataset):
+    """Codes from TF-IDF and from a pretrained encoder must not share (and take turns overwriting)
+    one derived folder: the settings that make a computed view are part of its key."""
+    from recbole_macrec.quantization.train import QuantizerParams
+    from recbole_macrec.semantic_ids import output_dir
+
+    folders = set()
+    for encoder, dim in ((None, 16), ("/models/minilm", 16), (None, 8)):
+        config = _config(tiny_dataset, text_encoder=encoder, view_dim=dim)
+        params = QuantizerParams.from_config(config, "rqvae")
+        folders.add(output_dir(config, "rqvae", ["text"], params))
+    assert len(folders) == 3
