@@ -400,3 +400,17 @@ def test_dead_code_restart_prevents_a_collapsed_first_level():
         result[restart] = (best.rate, len(np.unique(best.codes[:, 0])))
     assert result[True][1] == 16 and result[False][1] < 16
     assert result[True][0] < result[False][0] - 0.2
+
+
+def test_encoder_outputs_in_chunks_equal_one_pass():
+    """The codebook initialisation encodes every item; in chunks (so that 10^6 items do not hold
+    every hidden activation at once) it must give the single pass's outputs."""
+    from recbole_macrec.quantization.train import encoder_outputs
+
+    views = {"text": _tiny_views(n=50)["text"]}
+    model = build_models(views, _tiny_params(projection_dim=0), "rqvae", "cpu")["text"]
+    x = torch.as_tensor(views["text"])
+    with torch.no_grad():
+        whole = model.encoder(x)
+    assert torch.allclose(encoder_outputs(model, x, chunk=7), whole, atol=1e-6)
+    assert torch.equal(encoder_outputs(model, x), whole)   # below the chunk size: the single pass

@@ -146,6 +146,17 @@ def build_models(views, params, method, device):
     }
 
 
+ENCODE_CHUNK = 65_536   # rows per encoder pass outside training
+
+
+@torch.no_grad()
+def encoder_outputs(model, x, chunk=ENCODE_CHUNK):
+    """``model.encoder`` over every row of ``x``: ``[N, d_in] -> [N, d]``, ``chunk`` rows per pass.
+    One pass over 10^6 items held the 2048-wide hidden layer of all of them at once (8 GB); up to
+    ``chunk`` items it is exactly the single pass."""
+    return torch.cat([model.encoder(x[start:start + chunk]) for start in range(0, len(x), chunk)])
+
+
 @torch.no_grad()
 def encode_all(model, x, batch_size, residuals=False, distance_levels=()):
     """Codes ``[N, L]`` of every row of ``x`` (nearest codeword on every level, as the released
@@ -228,8 +239,7 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
                   for name, v in views.items()}
     models = build_models(views, params, method, device)
     for name, model in models.items():
-        with torch.no_grad():
-            model.quantizer.kmeans_init(model.encoder(x[name]), seed, params.kmeans_iters)
+        model.quantizer.kmeans_init(encoder_outputs(model, x[name]), seed, params.kmeans_iters)
     optimizer = torch.optim.AdamW([p for m in models.values() for p in m.parameters()],
                                   lr=params.learning_rate, weight_decay=params.weight_decay)
     steps_per_epoch = -(-n_items // params.batch_size)
