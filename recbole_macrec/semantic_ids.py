@@ -65,12 +65,12 @@ def data_settings(config):
     return {key: config[key] for key in DATA_SETTINGS}
 
 
-def output_dir(config, method, views, params):
-    """``sid-<method>-<8 hex>``: one folder per setting, so ablations keep their own cache."""
+def output_dir(config, method, key):
+    """``sid-<method>-<8 hex>`` of :func:`settings_key` ``key``: one folder per setting, so
+    ablations keep their own cache."""
     import hashlib
 
-    key = hashlib.sha256(settings_key(config, method, views, params).encode()).hexdigest()[:8]
-    return os.path.join(work_dir(config), f"sid-{method}-{key}")
+    return os.path.join(work_dir(config), f"sid-{method}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
 
 
 def codes_file(config, view):
@@ -86,11 +86,6 @@ def input_files(config, method, views):
     else:
         files += [item_view_path(config, v) for v in views]
     return files
-
-
-def input_hash(config, method, views, params):
-    return file_digest(*input_files(config, method, views),
-                       extra=settings_key(config, method, views, params))
 
 
 def load_imported_codes(config, view, items):
@@ -262,8 +257,10 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
     params = QuantizerParams.from_config(config, method)
     # Views the project computes itself must exist (and be current) before they are hashed.
     loaded = ensure_item_views(config, views) if method != "import" else None
-    digest = input_hash(config, method, views, params)
-    out = output_dir(config, method, views, params)
+    key = settings_key(config, method, views, params)
+    inputs = input_files(config, method, views)
+    digest = file_digest(*inputs, extra=key)
+    out = output_dir(config, method, key)
     report_path = os.path.join(out, REPORT)
     complete = os.path.isfile(os.path.join(out, CODES_BEFORE))   # folders of older versions lack it
     if not force and os.path.isfile(report_path) and complete:
@@ -294,7 +291,7 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
         report = {"dataset": config["dataset"], "method": method, "views": views,
                   "seed": config["seed"], "params": params.__dict__, "input_hash": digest,
                   "data_digest": data_digest(config), "data_settings": data_settings(config),
-                  "inputs": {os.path.basename(p): file_digest(p) for p in input_files(config, method, views)},
+                  "inputs": {os.path.basename(p): file_digest(p) for p in inputs},
                   "n_items": len(items), "seconds": round(time.time() - start, 2), "per_view": reports}
         with open(os.path.join(tmp, REPORT), "w") as f:
             json.dump(report, f, indent=2, default=list)

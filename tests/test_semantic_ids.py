@@ -161,11 +161,11 @@ def test_another_text_encoder_is_another_setting_with_its_own_folder(tiny_datase
     """Codes from TF-IDF and from a pretrained encoder must not share (and take turns overwriting)
     one derived folder: the settings that make a computed view are part of its key."""
     from recbole_macrec.quantization.train import QuantizerParams
-    from recbole_macrec.semantic_ids import output_dir
+    from recbole_macrec.semantic_ids import output_dir, settings_key
 
     folders = set()
     for encoder, dim in ((None, 16), ("/models/minilm", 16), (None, 8)):
         config = _config(tiny_dataset, text_encoder=encoder, view_dim=dim)
         params = QuantizerParams.from_config(config, "rqvae")
-        folders.add(output_dir(config, "rqvae", ["text"], params))
+        folders.add(output_dir(config, "rqvae", settings_key(config, "rqvae", ["text"], params)))
     assert len(folders) == 3

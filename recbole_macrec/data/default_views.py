@@ -114,13 +114,13 @@ def _view_source_hash(config, view):
     item = atomic_path(config["data_path"], config["dataset"], "item")
     if view == "text":
         files.append(item)
-    params = (f"{view}|{config['text_view_fields']}|{config['view_dim']}|{config['seed']}|{config['eval_args']}"
-              f"|{data_digest(config)}")
+    data = data_digest(config)
+    params = f"{view}|{config['text_view_fields']}|{config['view_dim']}|{config['seed']}|{config['eval_args']}|{data}"
     if view == "text" and config["text_encoder"]:
         from recbole_macrec.data.text_encoder import check_encoder
 
         files.append(check_encoder(config["text_encoder"], config["text_encoder_sha256"]))
-        params = f"{view}|{config['text_view_fields']}|encoder|{data_digest(config)}"
+        params = f"{view}|{config['text_view_fields']}|encoder|{data}"
     return file_digest(*files, extra=params)
 
 
