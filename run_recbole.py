@@ -9,7 +9,7 @@ import recbole_macrec  # noqa: F401  (applies the RecBole compatibility shims)
 from recbole_macrec.config import command_line_values
 from recbole_macrec.errors import DataError, SettingError
 from recbole_macrec.quick_start import run
-from recbole_macrec.utils import available_models, get_model
+from recbole_macrec.registry import get_model
 
 
 def parse_args(argv=None):

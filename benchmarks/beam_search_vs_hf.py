@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search  # noqa: E402
-from recbole_macrec.model.generative import t5_beam_step  # noqa: E402
+from recbole_macrec.model.beam_search import t5_beam_step  # noqa: E402
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab  # noqa: E402
-from recbole_macrec.utils import synchronize, write_json  # noqa: E402
+from recbole_macrec.files import write_json  # noqa: E402
+from recbole_macrec.timing import synchronize  # noqa: E402
 
 DEFAULT_CODES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                              "shared", "data", "Instruments", "Instruments.index_lemb.json")

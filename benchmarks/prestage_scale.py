@@ -27,7 +27,7 @@ def one_size(n, epochs, method, dim=64, seed=0):
 
     from recbole_macrec.quantization import train as train_module
     from recbole_macrec.quantization.train import QuantizerParams, train_quantizers
-    from recbole_macrec.utils import PROPERTIES_DIR
+    from recbole_macrec.config import PROPERTIES_DIR
 
     settings = yaml.safe_load((PROPERTIES_DIR / "semantic_ids.yaml").read_text())
     params = QuantizerParams(**{k[4:]: tuple(v) if isinstance(v, list) else v for k, v in settings.items()
@@ -78,7 +78,7 @@ def main(argv=None):
         print(json.dumps(rows[-1]), flush=True)
     result = {"machine": f"{platform.machine()} CPU x{os.cpu_count()}", "rows": rows}
     if args.out:
-        from recbole_macrec.utils import write_json
+        from recbole_macrec.files import write_json
 
         write_json(args.out, result)   # (creates the folder)
     return result

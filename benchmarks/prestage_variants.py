@@ -51,9 +51,9 @@ def cross_view_agreement(codes, other_labels):
 
 
 def read_codes(folder, dataset, views):
-    from recbole_macrec.data.atomic import atomic_path, read_atomic
+    from recbole_macrec.data.atomic import atomic_file, read_atomic
 
-    frame, _ = read_atomic(atomic_path(folder, dataset, "item"))
+    frame, _ = read_atomic(atomic_file(folder, dataset, "item"))
     items = [str(t) for t in frame["item_id"]]
     return items, {v: np.array([[int(float(c)) for c in str(s).split()] for s in frame[f"{v}_sid"]])
                    for v in views}
@@ -83,7 +83,7 @@ def main(argv=None):
 
     from recbole_macrec.data.default_views import ensure_item_views
     from recbole_macrec.quantization.kmeans import pseudo_labels
-    from recbole_macrec.utils import write_json
+    from recbole_macrec.files import write_json
 
     files = args.config_files.split() if args.config_files else None
     results, reference = [], None

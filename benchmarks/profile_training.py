@@ -31,9 +31,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader  # noqa: E402
 from recbole_macrec.leaderboard import parse_overrides  # noqa: E402
-from recbole_macrec.quick_start import build_run, machine_description  # noqa: E402
+from recbole_macrec.quick_start import build_run  # noqa: E402
+from recbole_macrec.results import machine_description  # noqa: E402
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer  # noqa: E402
-from recbole_macrec.utils import synchronize, write_json  # noqa: E402
+from recbole_macrec.files import write_json  # noqa: E402
+from recbole_macrec.timing import synchronize  # noqa: E402
 
 
 def seconds_per_batch(batches, device, n):
@@ -135,7 +137,7 @@ def main(argv=None):
     overrides = parse_overrides(args.set)
     overrides.setdefault("show_progress", False)
 
-    config, _, (train_data, _, _), model = build_run(args.model, args.dataset, config_dict=overrides)
+    config, _, (train_data, _, _), model, *_ = build_run(args.model, args.dataset, config_dict=overrides)
     device = config["device"]
     field = config["ITEM_LIST_LENGTH_FIELD"]
     group = int(config["gr_length_group"] or 50)

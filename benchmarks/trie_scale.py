@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.model.beam_search import DENSE_LIMIT, CodeTrie, constrained_beam_search  # noqa: E402
-from recbole_macrec.utils import write_json  # noqa: E402
+from recbole_macrec.files import write_json  # noqa: E402
 
 LEVELS, SIZE, EOS = 4, 256, 1
 

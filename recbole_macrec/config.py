@@ -1,11 +1,16 @@
 """RecBole ``Config`` that also reads the plugin's ``properties/`` and knows the plugin's models."""
 import sys
 from logging import getLogger
+from pathlib import Path
 
 from recbole.config import Config as RecBoleConfig
 
 from recbole_macrec.errors import SettingError
-from recbole_macrec.utils import PROPERTIES_DIR, get_model
+from recbole_macrec.registry import get_model
+
+# inside the package, so that a non-editable install finds it (a checkout's top-level properties/
+# links here)
+PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
 
 # Settings whose type RecBole or the plugin relies on: a wrong type is named here, before any work,
 # instead of failing deep inside a run.
@@ -73,9 +78,17 @@ def command_line_values(args):
     return values, unrecognized
 
 
+def model_yamls(model_class):
+    """``properties/model/<Class>.yaml`` of each class in ``model_class``'s hierarchy that has one,
+    base classes first."""
+    return [path for cls in reversed(model_class.__mro__)
+            if (path := PROPERTIES_DIR / "model" / f"{cls.__name__}.yaml").is_file()]
+
+
 class Config(RecBoleConfig):
     """Precedence, lowest first: RecBole's own yaml, the plugin's ``overall.yaml`` and ``semantic_ids.yaml``, the plugin's
-    ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, then the user's config files,
+    ``model/<Class>.yaml`` of each class of the model, base classes first (shared settings live
+    once, in the base's yaml), the plugin's ``dataset/<dataset>.yaml``, then the user's config files,
     config dict and command line (RecBole's usual order for external input). Command-line values
     are read as data (:func:`parse_value`), a caller's config dict is taken as given, and the
     types of common settings are checked."""
@@ -139,7 +152,7 @@ class Config(RecBoleConfig):
         for path in (
             PROPERTIES_DIR / "overall.yaml",
             PROPERTIES_DIR / "semantic_ids.yaml",
-            PROPERTIES_DIR / "model" / f"{model}.yaml",
+            *model_yamls(model_class),
             PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
         ):
             if path.is_file():

@@ -9,3 +9,11 @@ class SettingError(ValueError):
 
 class DataError(ValueError):
     """An input file that is missing or malformed."""
+
+
+def require_items(items, present, where, error=DataError, lacks="has no row", hint=""):
+    """Raise ``error`` naming ``where`` (a file) and the first of ``items`` not in ``present``
+    (a set, dict or index), with how many are missing; ``hint`` ends the message."""
+    missing = [item for item in items if item not in present]
+    if missing:
+        raise error(f"{where}: item '{missing[0]}' of the dataset {lacks} ({len(missing)} missing){hint}")

@@ -1,4 +1,4 @@
-"""Atomic file writes and the clean-up of what killed runs leave behind.
+"""Atomic file writes, file digests and the clean-up of what killed runs leave behind.
 
 A file is written to a temporary name in its own folder (unique per process and call, so two
 runs on one dataset never share one) and renamed into place when complete: a reader never sees
@@ -7,6 +7,9 @@ so a later run removes those of processes that no longer exist.
 """
 import contextlib
 import glob
+import hashlib
+import json
+import math
 import os
 import re
 import shutil
@@ -66,3 +69,44 @@ def remove_stale_temps(folder):
                     os.remove(path)
             removed.append(os.path.basename(path))
     return removed
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically (utf-8)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def strict_json_value(obj):
+    """``obj`` with every non-finite float as None (strict JSON has no NaN or Infinity; RecBole
+    reports a best valid score of -inf for a run it never validated)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: strict_json_value(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(value) for value in obj]
+    return obj
+
+
+def write_json(path, obj):
+    """Write ``obj`` to ``path`` as strict, indented JSON, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(strict_json_value(obj), f, indent=2, allow_nan=False)
+
+
+def file_digest(*paths, extra=""):
+    """sha256 (hex) over the bytes of ``paths`` (in order) and ``extra``: a cache key for derived
+    files, and a checksum of one file."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    h.update(extra.encode())
+    return h.hexdigest()
+
+
+def text_digest(text, length=None):
+    """sha256 (hex) of ``text``, cut to ``length`` characters when given."""
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -19,13 +19,15 @@ import re
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 import yaml
 
 from recbole_macrec.errors import DataError, SettingError
-from recbole_macrec.utils import PROJECT_ROOT, PROPERTIES_DIR, write_json
+from recbole_macrec.config import PROPERTIES_DIR
+from recbole_macrec.files import write_json
 
 METRICS = [f"{m}@{k}" for m in ("hit", "ndcg") for k in (1, 5, 10, 20)]
 CODE_METRICS = ["hit@1", "hit@10", "ndcg@10"]   # the code-level columns shown (the published rows' metrics)
@@ -162,7 +164,7 @@ def load_runs(runs_dir):
 def entry_config(entry, dataset, seed, config_files, overrides):
     """The Config a run of ``entry`` would use (nothing loads)."""
     from recbole_macrec.config import Config
-    from recbole_macrec.utils import get_model
+    from recbole_macrec.registry import get_model
 
     return Config(model=get_model(entry.model), dataset=dataset,
                   config_file_list=(config_files + entry.config_files) or None,
@@ -489,8 +491,10 @@ def ingest(paths, runs_dir):
     return targets
 
 
-def update_readme(readme=PROJECT_ROOT / "README.md", results_root=PROJECT_ROOT / "results"):
-    """Replace the README's results block with every ``results/<dataset>/leaderboard.md``."""
+def update_readme(readme="README.md", results_root="results"):
+    """Replace the README's results block with every ``results/<dataset>/leaderboard.md`` (paths
+    relative to the current folder: run it in the checkout)."""
+    readme = Path(readme)
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
@@ -527,7 +531,7 @@ def main(argv=None):
     import recbole_macrec  # noqa: F401
     from tqdm import tqdm
 
-    from recbole_macrec.utils import get_model
+    from recbole_macrec.registry import get_model
 
     out = args.out or os.path.join("results", args.dataset)
     runs_dir = os.path.join(out, "runs")

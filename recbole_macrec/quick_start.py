@@ -5,9 +5,9 @@ Never imports ``recbole.quick_start`` (it imports ray, which breaks on numpy 2).
 import contextlib
 import json
 import os
-import platform
 import time
 from logging import getLogger
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -16,43 +16,11 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_macrec.config import Config
-from recbole_macrec.utils import get_model, get_trainer, synchronize, write_json
-
-
-def machine_description():
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
-
-
-def semantic_id_summary(report_path):
-    with open(report_path) as f:
-        report = json.load(f)
-    return {"method": report["method"], "folder": os.path.dirname(report_path),
-            "per_view": {v["view"]: {k: v[k] for k in ("collision_rate_before", "collision_rate_after",
-                                                       "items_moved")} for v in report["per_view"]}}
-
-
-def _jsonable(result):
-    return {k: float(v) for k, v in (result or {}).items()}
-
-
-def write_result_file(config, result, ranks=None):
-    """Write one run's results as json under ``config['results_dir']`` (and the per-user ranks of
-    the test target as ``<same name>.ranks.npz``); returns the json path."""
-    out_dir = config["results_dir"] or "saved/results"
-    os.makedirs(out_dir, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    stem = os.path.join(out_dir, f"{config['model']}-{config['dataset']}-{stamp}")
-    path, copy = f"{stem}.json", 1
-    while os.path.exists(path):   # two runs finished in the same second: keep both
-        copy += 1
-        path = f"{stem}-{copy}.json"
-    if ranks is not None:
-        users, rank = ranks
-        np.savez_compressed(path[: -len(".json")] + ".ranks.npz", users=users, rank=rank)
-    write_json(path, result)
-    return path
+from recbole_macrec.model.semantic_id_recommender import SemanticIdRecommender, model_views
+from recbole_macrec.registry import get_model, get_trainer
+from recbole_macrec.results import (effective_settings, machine_description, metric_values, semantic_id_summary,
+                                    settings_digest, write_result_file)
+from recbole_macrec.timing import PhaseTimer
 
 
 class TestRankRecorder:
@@ -101,18 +69,17 @@ class TestRankRecorder:
         self.trainer.evaluator.evaluate = self._evaluate
 
 
-def code_level_result(config, dataset, model, recorder):
+def code_level_result(config, dataset, model, recorder, semantic_ids):
     """Code-level Hit/NDCG (see :mod:`recbole_macrec.code_metrics`) of the test pass, over the
     published codes of the model's first inference view, when the codes were imported and that
     view's collided; else None (trained codes are resolved before training, as in the released
     pipelines, so their exact metrics are the released ones)."""
     from recbole_macrec.code_metrics import code_groups, code_level_ranks, metrics_from_ranks
 
-    views = getattr(model, "inference_views", None) or [getattr(model, "view", None)]
-    report = os.path.join(config["data_path"], "sid_report.json")
-    if views[0] is None or not os.path.isfile(report) or not config["single_spec"]:
+    if semantic_ids is None or not config["single_spec"]:
         return None   # (several processes: each rank holds only its users' lists)
-    with open(report) as f:
+    views = model.inference_views
+    with open(semantic_ids.report) as f:
         report = json.load(f)
     per_view = {v["view"]: v for v in report["per_view"]}
     if report["method"] != "import" or per_view.get(views[0], {}).get("collision_rate_before", 0) == 0:
@@ -126,77 +93,13 @@ def code_level_result(config, dataset, model, recorder):
             "test_result": metrics_from_ranks(rank, config["topk"])}
 
 
-class PhaseTimer:
-    """Wall seconds of every training epoch and validation pass of ``trainer`` (device work
-    included: CUDA is synchronised before the clock stops), and of the test."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.train_epoch_s, self.valid_s, self.test_s = [], [], None
-        self._train, self._valid = trainer._train_epoch, trainer._valid_epoch
-        trainer._train_epoch = self.timed(self._train, self.train_epoch_s)
-        trainer._valid_epoch = self.timed(self._valid, self.valid_s)
-
-    def timed(self, fn, seconds):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            synchronize(self.trainer.device)
-            seconds.append(round(time.perf_counter() - start, 3))
-            return out
-
-        return wrapper
-
-    def test(self, evaluate):
-        """Run ``evaluate()`` (the test pass), timing it; returns its result."""
-        start = time.perf_counter()
-        result = evaluate()
-        synchronize(self.trainer.device)
-        self.test_s = round(time.perf_counter() - start, 3)
-        return result
-
-    def summary(self):
-        return {"train_epoch_s": self.train_epoch_s, "valid_s": self.valid_s, "test_s": self.test_s}
-
-    def close(self):
-        self.trainer._train_epoch, self.trainer._valid_epoch = self._train, self._valid
-
-
-# settings that do not change what a run computes (where it writes, what it shows, the device)
-VOLATILE_SETTINGS = {"seed", "results_dir", "device", "use_gpu", "gpu_id", "local_rank", "single_spec", "state",
-                     "show_progress", "log_wandb", "wandb_project", "checkpoint_dir", "nproc", "world_size", "offset",
-                     "ip", "port", "worker", "run_label"}
-
-
-def effective_settings(config):
-    """The run's settings as data (sorted; values json-safe), without :data:`VOLATILE_SETTINGS`:
-    two runs with equal settings differ only in seed, device and where they write."""
-    def plain(value):
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            return value
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        return str(value)
-
-    return {key: plain(value) for key, value in sorted(config.final_config_dict.items())
-            if key not in VOLATILE_SETTINGS}
-
-
-def settings_digest(settings):
-    import hashlib
-
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def check_dataset_files(config):
     """Fail early, naming the file, when the dataset's interaction file is missing or holds a
     value that is not a number in a ``float`` column (RecBole would stop with a raw traceback)."""
-    from recbole_macrec.data.atomic import read_atomic
+    from recbole_macrec.data.atomic import atomic_file, read_atomic
     from recbole_macrec.errors import DataError
 
-    path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    path = atomic_file(config["data_path"], config["dataset"], "inter")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"dataset '{config['dataset']}': atomic file not found: {path} "
@@ -217,10 +120,10 @@ def report_dropped_interactions(config, dataset):
     """Log how many rows of the ``.inter`` file RecBole left out, and how many of those because
     their item has no row in the ``.item`` file (RecBole's ``filter_inter_by_user_or_item``),
     which it does silently."""
-    from recbole_macrec.data.atomic import atomic_path, read_atomic
+    from recbole_macrec.data.atomic import atomic_file, read_atomic
 
-    inter_path = atomic_path(config["data_path"], config["dataset"], "inter")
-    item_path = atomic_path(config["data_path"], config["dataset"], "item")
+    inter_path = atomic_file(config["data_path"], config["dataset"], "inter")
+    item_path = atomic_file(config["data_path"], config["dataset"], "item")
     inter, _ = read_atomic(inter_path)
     dropped = len(inter) - dataset.inter_num
     if dropped <= 0:
@@ -270,15 +173,28 @@ def load_best_everywhere(trainer):
         dist.broadcast(tensor, src=0)
 
 
-def build_run(model, dataset=None, config_file_list=None, config_dict=None):
-    """Config, seeded data and model of one run, as RecBole's pipeline builds them.
+class Run(NamedTuple):
+    """One run as RecBole's pipeline builds it. ``settings``: :func:`effective_settings` as given
+    (before the pre-stage points ``data_path`` at its folder); ``semantic_ids``: the
+    :class:`SemanticIdDataset` a semantic-ID model reads, else None."""
+    config: object
+    dataset: object
+    loaders: tuple
+    model: object
+    settings: dict
+    semantic_ids: object
 
-    Returns ``(config, dataset, (train_data, valid_data, test_data), model)``; generative models
-    get their semantic IDs first (running the pre-stage if needed)."""
+
+def build_run(model, dataset=None, config_file_list=None, config_dict=None):
+    """Config, seeded data and model of one run (a :class:`Run`); semantic-ID models get their
+    semantic IDs first (the pre-stage runs if they are not cached), and RecBole reads the dataset
+    the pre-stage wrote."""
+    from recbole_macrec.semantic_ids import semantic_id_dataset
+
     model_class = get_model(model) if isinstance(model, str) else model
     config = Config(model=model_class, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict)
-    config.run_settings = effective_settings(config)   # before the pre-stage points data_path elsewhere
+    settings = effective_settings(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -288,10 +204,11 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     if check is not None:   # every setting error before minutes of pre-stage
         check(config)
     check_dataset_files(config)
-    prepare = getattr(model_class, "prepare_data", None)
-    if prepare is not None:
+    semantic_ids = None
+    if issubclass(model_class, SemanticIdRecommender):
         with first_rank_first(config):   # one process runs the pre-stage, the others read its result
-            prepare(config)
+            semantic_ids = semantic_id_dataset(config, model_views(config))
+        config["data_path"], config["load_col"] = semantic_ids.data_path, semantic_ids.load_col
 
     dataset_obj = create_dataset(config)
     logger.info(dataset_obj)
@@ -301,7 +218,7 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = model_class(config, loaders[0]._dataset).to(config["device"])
     logger.info(model_obj)
-    return config, dataset_obj, loaders, model_obj
+    return Run(config, dataset_obj, loaders, model_obj, settings, semantic_ids)
 
 
 def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
@@ -311,8 +228,9 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
     run facts (seed, epochs, wall time, machine).
     """
     start = time.time()
-    config, dataset_obj, (train_data, valid_data, test_data), model_obj = build_run(
-        model, dataset, config_file_list, config_dict)
+    run = build_run(model, dataset, config_file_list, config_dict)
+    config, dataset_obj, model_obj = run.config, run.dataset, run.model
+    train_data, valid_data, test_data = run.loaders
     logger = getLogger()
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
@@ -341,24 +259,23 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         "epochs_run": len(trainer.train_loss_dict),
         "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": _jsonable(best_valid_result),
-        "test_result": _jsonable(test_result),
+        "best_valid_result": metric_values(best_valid_result),
+        "test_result": metric_values(test_result),
         "wall_time_s": round(time.time() - start, 2),
         "timing": timer.summary(),
         "machine": machine_description(),
         "config_files": list(config_file_list or []),
-        "settings": config.run_settings,
-        "settings_digest": settings_digest(config.run_settings),
+        "settings": run.settings,
+        "settings_digest": settings_digest(run.settings),
     }
     if getattr(trainer, "budget_plan", None):
         result["train_budget"] = trainer.budget_plan
-    code_level = code_level_result(config, dataset_obj, model_obj, recorder)
+    code_level = code_level_result(config, dataset_obj, model_obj, recorder, run.semantic_ids)
     if code_level is not None:
         result["code_level"] = code_level
         logger.info(set_color("test result, code level", "yellow") + f": {code_level['test_result']}")
-    sid_report = os.path.join(config["data_path"], "sid_report.json")
-    if hasattr(model_obj, "prepare_data") and os.path.isfile(sid_report):
-        result["semantic_ids"] = semantic_id_summary(sid_report)
+    if run.semantic_ids is not None:
+        result["semantic_ids"] = semantic_id_summary(run.semantic_ids.report)
     if global_rank(config) == 0:
         result["result_file"] = write_result_file(config, result, recorder.ranks())
         logger.info(set_color("results written to", "yellow") + f": {result['result_file']}")

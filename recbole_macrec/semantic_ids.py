@@ -13,17 +13,18 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from logging import getLogger
 
 import numpy as np
 import pandas as pd
 
 from recbole_macrec.code_metrics import CODES_BEFORE, save_codes_before
-from recbole_macrec.data.atomic import atomic_path, read_atomic, write_atomic
+from recbole_macrec.data.atomic import atomic_file, read_atomic, write_atomic
 from recbole_macrec.data.default_views import catalogue_and_train_pairs, data_digest, ensure_item_views
-from recbole_macrec.data.item_views import file_digest, item_view_path, work_dir
-from recbole_macrec.errors import DataError
-from recbole_macrec.files import remove_stale_temps, temp_dir
+from recbole_macrec.data.item_views import item_view_path, work_dir
+from recbole_macrec.errors import DataError, require_items
+from recbole_macrec.files import file_digest, remove_stale_temps, temp_dir, text_digest
 from recbole_macrec.quantization.collisions import (
     add_extra_level, codebook_stats, colliding_groups, collision_rate, cyclic_distances,
     resolve_collisions, sinkhorn_reassign)
@@ -68,9 +69,7 @@ def data_settings(config):
 def output_dir(config, method, key):
     """``sid-<method>-<8 hex>`` of :func:`settings_key` ``key``: one folder per setting, so
     ablations keep their own cache."""
-    import hashlib
-
-    return os.path.join(work_dir(config), f"sid-{method}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
+    return os.path.join(work_dir(config), f"sid-{method}-{text_digest(key, 8)}")
 
 
 def codes_file(config, view):
@@ -79,7 +78,7 @@ def codes_file(config, view):
 
 
 def input_files(config, method, views):
-    files = [atomic_path(config["data_path"], config["dataset"], s) for s in ("inter", "item", "user")]
+    files = [atomic_file(config["data_path"], config["dataset"], s) for s in ("inter", "item", "user")]
     files = [f for f in files if os.path.isfile(f)]
     if method == "import":
         files += [codes_file(config, v) for v in views]
@@ -100,13 +99,11 @@ def load_imported_codes(config, view, items):
         raise SemanticIdError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(raw, dict):
         raise SemanticIdError(f"{path}: expected an object {{item: [code, ...]}}")
-    missing = [t for t in items if t not in raw]
-    if missing:
-        raise SemanticIdError(f"{path}: item '{missing[0]}' of dataset '{config['dataset']}' has "
-                              f"no code ({len(missing)} missing): is it another dataset's file?")
+    require_items(items, raw, path, SemanticIdError, f"'{config['dataset']}' has no code",
+                  ": is it another dataset's file?")
     extra = set(raw) - set(items)
     if extra:   # items RecBole's filters left out are fine; items the data never had are not
-        inter, _ = read_atomic(atomic_path(config["data_path"], config["dataset"], "inter"))
+        inter, _ = read_atomic(atomic_file(config["data_path"], config["dataset"], "inter"))
         foreign = extra - set(inter[config["ITEM_ID_FIELD"]])
         if foreign:
             raise SemanticIdError(f"{path}: {len(foreign)} items are not in dataset '{config['dataset']}' "
@@ -181,10 +178,7 @@ def compute_codes(config, method, views, items, params, device, show_progress, l
         for v in views:
             view_items, emb = loaded[v]
             row = {t: i for i, t in enumerate(view_items)}
-            missing = [t for t in items if t not in row]
-            if missing:
-                raise SemanticIdError(f"{item_view_path(config, v)}: item '{missing[0]}' of the "
-                                      f"dataset has no row ({len(missing)} missing)")
+            require_items(items, row, item_view_path(config, v), SemanticIdError)
             matrices[v] = emb[[row[t] for t in items]]
         trained = train_quantizers(matrices, method, params, config["seed"], device, show_progress)
         raw = {v: (trained[v].codes, trained[v]) for v in views}
@@ -204,7 +198,7 @@ def item_table(config, items, codes):
     """The derived ``.item`` frame: original columns (catalogue rows) plus ``<view>_sid``."""
     logger = getLogger()
     iid = config["ITEM_ID_FIELD"]
-    path = atomic_path(config["data_path"], config["dataset"], "item")
+    path = atomic_file(config["data_path"], config["dataset"], "item")
     if os.path.isfile(path):
         frame, types = read_atomic(path)
         if iid not in frame.columns:
@@ -282,11 +276,11 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
     tmp = temp_dir(parent, os.path.basename(out))
     try:
         for suffix in COPIED_SUFFIXES:
-            src = atomic_path(config["data_path"], config["dataset"], suffix)
+            src = atomic_file(config["data_path"], config["dataset"], suffix)
             if os.path.isfile(src):
-                shutil.copyfile(src, atomic_path(tmp, config["dataset"], suffix))
+                shutil.copyfile(src, atomic_file(tmp, config["dataset"], suffix))
         frame, types = item_table(config, items, codes)
-        write_atomic(atomic_path(tmp, config["dataset"], "item"), frame, types)
+        write_atomic(atomic_file(tmp, config["dataset"], "item"), frame, types)
         save_codes_before(tmp, items, before)
         report = {"dataset": config["dataset"], "method": method, "views": views,
                   "seed": config["seed"], "params": params.__dict__, "input_hash": digest,
@@ -305,6 +299,33 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
 def read_report(folder):
     with open(os.path.join(folder, REPORT)) as f:
         return json.load(f)
+
+
+@dataclass(frozen=True)
+class SemanticIdDataset:
+    """Where the pre-stage put a run's dataset: ``data_path`` (the folder with the ``<view>_sid``
+    item features), the ``load_col`` that reads them, and the pre-stage's report."""
+    data_path: str
+    load_col: dict
+    fields: tuple
+
+    @property
+    def report(self):
+        return os.path.join(self.data_path, REPORT)
+
+
+def semantic_id_dataset(config, views):
+    """Run (or reuse) the pre-stage for ``config`` and return the dataset with the codes of
+    ``views`` (``config`` is not changed: the caller points RecBole at the result)."""
+    data_path = build_semantic_ids(config, config["sid_method"])
+    fields = tuple(sid_field(v) for v in views)
+    load_col = config["load_col"]
+    if load_col is not None:
+        load_col = dict(load_col)
+        item_cols = list(load_col.get("item") or [config["ITEM_ID_FIELD"]])
+        load_col["item"] = item_cols + [f for f in fields if f not in item_cols]
+    getLogger().info(f"semantic IDs from {data_path}: fields {list(fields)}")
+    return SemanticIdDataset(data_path, load_col, fields)
 
 
 def main(argv=None):

@@ -103,13 +103,16 @@ def build_model(model_name, data_path, **extra):
     from recbole.utils import init_seed
 
     from recbole_macrec.config import Config
-    from recbole_macrec.utils import get_model
+    from recbole_macrec.model.semantic_id_recommender import model_views
+    from recbole_macrec.registry import get_model
+    from recbole_macrec.semantic_ids import semantic_id_dataset
 
     model_class = get_model(model_name)
     config = Config(model=model_class, dataset="tiny",
                     config_dict=tiny_config_dict(data_path, **{**TINY_T5, **extra}))
     init_seed(config["seed"], True)
-    model_class.prepare_data(config)
+    semantic_ids = semantic_id_dataset(config, model_views(config))
+    config["data_path"], config["load_col"] = semantic_ids.data_path, semantic_ids.load_col
     train, valid, test = data_preparation(config, create_dataset(config))
     init_seed(config["seed"], True)
     return model_class(config, train._dataset), config, (train, valid, test)

@@ -58,7 +58,7 @@ def _two_processes(model_name, cfg, out):
 @pytest.mark.parametrize("model_name", ["SASRec", "TIGER"])
 def test_two_cpu_processes_train_in_step_and_evaluate_every_user_once(tiny_dataset, workdir, model_name):
     from recbole_macrec.quick_start import build_run
-    from recbole_macrec.utils import get_trainer
+    from recbole_macrec.registry import get_trainer
 
     extra = SMALL_SASREC if model_name == "SASRec" else TINY_T5
     if model_name == "TIGER":
@@ -75,7 +75,7 @@ def test_two_cpu_processes_train_in_step_and_evaluate_every_user_once(tiny_datas
     saved = np.load(result["result_file"][: -len(".json")] + ".ranks.npz")
     assert len(saved["users"]) == len(set(saved["users"].tolist())) == 40
     # the distributed test result equals one process evaluating the same (best) weights
-    config, _, (_, _, test_data), model = build_run(model_name, "tiny", config_dict={**cfg, "results_dir": str(out)})
+    config, _, (_, _, test_data), model, *_ = build_run(model_name, "tiny", config_dict={**cfg, "results_dir": str(out)})
     [checkpoint] = (workdir / "saved").glob(f"{model_name}-*.pth")     # only rank 0 saves
     model.load_state_dict(torch.load(checkpoint, weights_only=False)["state_dict"])
     single = get_trainer(config["MODEL_TYPE"], config["model"])(config, model).evaluate(test_data, load_best_model=False)

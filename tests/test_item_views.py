@@ -86,10 +86,10 @@ def test_text_view_from_a_local_pretrained_encoder(tiny_dataset, tmp_path):
     from conftest import tiny_text_encoder
     from recbole_macrec.config import Config
     from recbole_macrec.data.default_views import ensure_item_views
-    from recbole_macrec.data.text_encoder import sha256_of
+    from recbole_macrec.files import file_digest
 
     encoder = tiny_text_encoder(tmp_path / "bert")
-    digest = sha256_of(encoder / "model.safetensors")
+    digest = file_digest(encoder / "model.safetensors")
     cfg = tiny_config_dict(tiny_dataset, text_view_fields=["title", "class"], text_encoder=str(encoder),
                            text_encoder_sha256=digest)
     items, emb = ensure_item_views(Config(model="SASRec", dataset="tiny", config_dict=cfg), ["text"])["text"]

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, without_cache_deprecation, write_codes
-from recbole_macrec.model.lcrec import IGNORE, WordVocab, concat_prompt_target, left_pad
+from recbole_macrec.model.decoder_only import concat_prompt_target, left_pad
+from recbole_macrec.model.lcrec import WordVocab
+from recbole_macrec.model.packing import IGNORE
 
 TINY_LM = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                num_key_value_heads=2, text_view_fields=["title", "class"], gr_views=["text"])
@@ -38,15 +40,15 @@ def test_vocabulary_extends_the_word_vocabulary(lcrec):
     assert model.lm.config.vocab_size == model.vocab.size
 
 
-def test_task_sequences_on_hand_built_batch(lcrec):
+def test_task_rows_on_hand_built_batch(lcrec):
     from recbole.data.interaction import Interaction
 
     model, _, _ = lcrec
     batch = Interaction({"item_id_list": torch.tensor([[3, 5, 0], [7, 0, 0]]),
                          "item_length": torch.tensor([2, 1]), "item_id": torch.tensor([9, 4])})
-    T = lambda i: model._tokens[i].tolist()
+    T = lambda i: model.item_tokens("text", torch.tensor(i)).tolist()
     task, sep, eos = model.vocab.task_ids, model.sep_id, model.eos_id
-    ids, mask, labels = model.task_sequences("seqrec", batch)
+    ids, mask, labels = model.task_rows("seqrec", batch)
     prompt = [task["seqrec"], *T(3), *T(5), sep]
     assert ids[0, : int(mask[0].sum())].tolist() == prompt + T(9) + [eos]
     assert labels[0].tolist() == [IGNORE] * len(prompt) + T(9) + [eos] + [IGNORE] * (ids.shape[1] - len(prompt) - 4)
@@ -54,9 +56,9 @@ def test_task_sequences_on_hand_built_batch(lcrec):
     assert ids[1, : int(mask[1].sum())].tolist() == row1 and not mask[1, len(row1):].any()
     text9 = [t for t in model._text[9].tolist() if t != model.pad_id]
     assert text9, "tiny items have titles"
-    ids, mask, labels = model.task_sequences("text2id", batch)
+    ids, mask, labels = model.task_rows("text2id", batch)
     assert ids[0, : int(mask[0].sum())].tolist() == [task["text2id"], *text9, sep] + T(9) + [eos]
-    ids, mask, labels = model.task_sequences("id2text", batch)
+    ids, mask, labels = model.task_rows("id2text", batch)
     assert ids[0, : int(mask[0].sum())].tolist() == [task["id2text"], *T(9), sep] + text9 + [eos]
     assert [t for t in labels[0].tolist() if t != IGNORE] == text9 + [eos]
 
@@ -64,8 +66,8 @@ def test_task_sequences_on_hand_built_batch(lcrec):
 def test_loss_is_computed_on_target_tokens_only(lcrec):
     model, _, data = lcrec
     batch = next(iter(data[0]))
-    model.tasks = ["seqrec"]
-    ids, mask, labels = model.task_sequences("seqrec", batch)
+    model.set_tasks(["seqrec"])
+    ids, mask, labels = model.task_rows("seqrec", batch)
     base = float(model.calculate_loss(batch))
     # the loss is the mean cross-entropy over exactly the labelled (target) positions
     logits = model.lm(input_ids=ids, attention_mask=mask).logits[:, :-1]
@@ -87,9 +89,9 @@ def test_all_tasks_in_one_pass_equal_one_pass_per_task(lcrec):
     batch = next(iter(data[0]))
     assert model.tasks == ["seqrec", "text2id", "id2text"] and model.pack_tasks
     # the three tasks have different widths, so the packed rows are padded
-    widths = {model.task_sequences(t, batch)[0].shape[1] for t in model.tasks}
+    widths = {model.task_rows(t, batch)[0].shape[1] for t in model.tasks}
     assert len(widths) > 1
-    reference = sum(float(_full_logits_task_loss(model, *model.task_sequences(t, batch))) for t in model.tasks)
+    reference = sum(float(_full_logits_task_loss(model, *model.task_rows(t, batch))) for t in model.tasks)
     assert float(model.calculate_loss(batch)) == pytest.approx(reference, rel=1e-5)
     model.pack_tasks = False
     assert float(model.calculate_loss(batch)) == pytest.approx(reference, rel=1e-5)
@@ -97,7 +99,7 @@ def test_all_tasks_in_one_pass_equal_one_pass_per_task(lcrec):
 
 def _brute_force(model, batch):
     n = model.n_items
-    return torch.stack([model.teacher_forced_scores(batch[torch.tensor([r] * (n - 1))], torch.arange(1, n))
+    return torch.stack([model.teacher_forced_scores(batch[torch.tensor([r] * (n - 1))], "text", torch.arange(1, n))
                         for r in range(len(batch))])
 
 
@@ -107,7 +109,7 @@ def test_decoder_only_beam_search_equals_brute_force(lcrec):
     assert len(set(batch["item_length"].tolist())) > 1  # left padding is exercised
     model.beam_size = model.n_items
     with torch.no_grad():
-        items, scores = without_cache_deprecation(model.beam_search, batch)
+        items, scores = without_cache_deprecation(model.beam_search, batch, "text")
         exact = _brute_force(model, batch)
     assert torch.equal(items[:, :30], exact.argsort(dim=1, descending=True) + 1)
     torch.testing.assert_close(scores[:, :30], exact.sort(dim=1, descending=True).values, atol=1e-5, rtol=0)

@@ -142,7 +142,7 @@ def test_result_jsons_are_strict_json(workdir):
     """RecBole's -inf best score (a run never validated) is written as null, never as the
     -Infinity that strict JSON readers reject; ingest mends files written before that."""
     from recbole_macrec.leaderboard import ingest
-    from recbole_macrec.utils import write_json
+    from recbole_macrec.files import write_json
 
     def strict_load(path):
         return json.loads(open(path).read(), parse_constant=lambda name: pytest.fail(f"{path}: {name}"))

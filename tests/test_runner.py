@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config_dict
 from recbole_macrec.quick_start import run_recbole
-from recbole_macrec.utils import available_models, get_model
+from recbole_macrec.registry import available_models, get_model
 
 
 def test_unknown_model_is_a_clear_error_listing_models():

@@ -118,7 +118,7 @@ def test_view_missing_an_item_is_named(tiny_dataset):
 def test_import_rejects_codes_of_another_dataset(tiny_dataset):
     path = tiny_dataset / "tiny" / "tiny.text.codes.json"
     path.write_text(json.dumps({f"x{i}": [1, 2] for i in range(30)}))
-    with pytest.raises(SemanticIdError, match=r"item 'i\d+' of dataset 'tiny' has no code \(30 missing\)"):
+    with pytest.raises(SemanticIdError, match=r"item 'i\d+' of the dataset 'tiny' has no code \(30 missing\)"):
         build_semantic_ids(_config(tiny_dataset, sid_views=["text"]), "import", show_progress=False)
     codes = {f"i{i}": [i % 3, i] for i in range(30)}
     codes["zz"] = [0, 0]

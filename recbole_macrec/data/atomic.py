@@ -12,7 +12,8 @@ class AtomicFileError(DataError):
     """A missing or malformed atomic file; the message names the file."""
 
 
-def atomic_path(data_dir, dataset, suffix):
+def atomic_file(data_dir, dataset, suffix):
+    """The path of ``<dataset>.<suffix>`` (inter, item, user) in ``data_dir``."""
     return os.path.join(data_dir, f"{dataset}.{suffix}")
 
 

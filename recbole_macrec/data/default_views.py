@@ -13,8 +13,9 @@ import scipy.sparse as sp
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from recbole_macrec.data.atomic import atomic_path, read_atomic
+from recbole_macrec.data.atomic import atomic_file, read_atomic
 from recbole_macrec.data.item_views import ItemViewError
+from recbole_macrec.errors import require_items
 
 
 _last_catalogue = {}   # {key: result}: the views and the pre-stage of one run share one dataset load
@@ -27,7 +28,7 @@ def _catalogue_key(config):
 
     stats = []
     for suffix in ("inter", "item", "user"):
-        path = atomic_path(config["data_path"], config["dataset"], suffix)
+        path = atomic_file(config["data_path"], config["dataset"], suffix)
         if os.path.isfile(path):
             st = os.stat(path)
             stats.append((suffix, st.st_size, st.st_mtime_ns))
@@ -82,16 +83,14 @@ def collab_view(config, dim=64):
 
 def text_view(config, items, fields, dim=64):
     """``(items, emb)`` from the text in ``fields`` of the dataset's ``.item`` file."""
-    path = atomic_path(config["data_path"], config["dataset"], "item")
+    path = atomic_file(config["data_path"], config["dataset"], "item")
     frame, _ = read_atomic(path)
     id_field = config["ITEM_ID_FIELD"]
     for field in [id_field, *fields]:
         if field not in frame.columns:
             raise ItemViewError(f"{path}: no field '{field}' for the text view")
     frame = frame.drop_duplicates(id_field).set_index(id_field)
-    missing = [tok for tok in items if tok not in frame.index]
-    if missing:
-        raise ItemViewError(f"{path}: item '{missing[0]}' has no row ({len(missing)} missing)")
+    require_items(items, frame.index, path, ItemViewError)
     if config["text_encoder"]:
         from recbole_macrec.data.text_encoder import TextEncoder
 
@@ -107,11 +106,11 @@ def text_view(config, items, fields, dim=64):
 
 
 def _view_source_hash(config, view):
-    from recbole_macrec.data.item_views import file_digest
+    from recbole_macrec.files import file_digest
 
-    inter = atomic_path(config["data_path"], config["dataset"], "inter")
+    inter = atomic_file(config["data_path"], config["dataset"], "inter")
     files = [inter]
-    item = atomic_path(config["data_path"], config["dataset"], "item")
+    item = atomic_file(config["data_path"], config["dataset"], "item")
     if view == "text":
         files.append(item)
     data = data_digest(config)

@@ -3,31 +3,18 @@
 File format (``<dataset>.<view>.npz``): ``item_ids`` (str array, raw item tokens), ``emb``
 (float32 ``[n, d]``) and optionally ``source_hash`` (what the view was computed from).
 """
-import hashlib
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from recbole_macrec.errors import DataError
+from recbole_macrec.errors import DataError, require_items
 from recbole_macrec.files import atomic_path
-
 
 
 class ItemViewError(DataError):
     """A view file that does not fit the dataset: the message names the file and the item."""
-
-
-def file_digest(*paths, extra=""):
-    """sha256 over the bytes of ``paths`` (in order) and ``extra``: a cache key for derived files."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    h.update(extra.encode())
-    return h.hexdigest()
 
 
 def _inside_recbole_package(path):
@@ -103,9 +90,6 @@ def load_item_view(path, items=None, dim=None):
     if items is None:
         return item_ids, emb, source_hash
     row_of = {tok: i for i, tok in enumerate(item_ids)}
-    missing = [tok for tok in items if tok not in row_of]
-    if missing:
-        raise ItemViewError(f"{path}: item '{missing[0]}' of the dataset has no row "
-                            f"({len(missing)} items missing)")
+    require_items(items, row_of, path, ItemViewError)
     order = np.fromiter((row_of[tok] for tok in items), dtype=np.int64, count=len(items))
     return np.asarray(items), emb[order], source_hash

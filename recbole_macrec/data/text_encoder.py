@@ -3,12 +3,12 @@
 (padding excluded), then the mean over fields. Used by the computed ``text`` item view
 (``text_encoder``) and by ``dataset_prep/amazon2018.py``.
 """
-import hashlib
 import os
 
 import numpy as np
 
 from recbole_macrec.errors import DataError
+from recbole_macrec.files import file_digest
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -28,19 +28,11 @@ def weights_file(path):
     raise TextEncoderError(f"text encoder folder {path} has no weights ({' or '.join(WEIGHT_FILES)})")
 
 
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_encoder(path, sha256=None):
     """The weights file of the encoder in ``path``, verified against ``sha256`` when given."""
     weights = weights_file(path)
     if sha256 is not None:
-        actual = sha256_of(weights)
+        actual = file_digest(weights)
         if actual != str(sha256).lower():
             raise TextEncoderError(f"{weights}: sha256 {actual} does not match text_encoder_sha256 {sha256}")
     return weights

@@ -6,7 +6,9 @@ may follow and the prefix (or, at the last level, the item) each leads to. A lev
 dense (``[prefixes, M]``, the codebook's every code) while that is small, and otherwise sparse:
 each prefix's children sorted by code, padded to the level's largest branching (``[prefixes,
 K]``), so deep levels of a large catalogue cost items x branching rather than items x M. Every
-step is a handful of batched tensor operations on the device.
+step is a handful of batched tensor operations on the device. Each backbone's ``step`` (the
+network's side of one decoding step) is written beside it: :func:`t5_beam_step`,
+:func:`causal_lm_beam_step`.
 """
 import inspect
 from dataclasses import dataclass
@@ -174,3 +176,51 @@ def scores_to_matrix(items, scores, n_items):
     rows = torch.arange(items.shape[0], device=items.device)[:, None].expand_as(items)
     out[rows[valid], items[valid]] = scores[valid]
     return out
+
+
+def t5_beam_step(t5, src, mask, beam_size):
+    """The ``step`` of :func:`constrained_beam_search` for a T5: the encoder runs once on
+    ``src [B, S]``; the decoder advances one token per call with its KV cache, which is
+    expanded to ``B * beam_size`` rows on the second call and reordered with the beams."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    B = src.shape[0]
+    encoder = t5.get_encoder()(input_ids=src, attention_mask=mask, return_dict=True)
+    state = {"enc": encoder.last_hidden_state, "mask": mask, "cache": None}
+
+    def step(tokens, reorder):
+        if tokens is None:
+            tokens = src.new_full((B, 1), t5.config.decoder_start_token_id)
+        else:
+            if state["enc"].shape[0] != tokens.shape[0]:   # first expansion to B * K rows
+                state["enc"] = state["enc"].repeat_interleave(beam_size, 0)
+                state["mask"] = state["mask"].repeat_interleave(beam_size, 0)
+            state["cache"].reorder_cache(reorder)
+        out, state["cache"] = cached_forward(
+            t5, state["cache"], encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]),
+            attention_mask=state["mask"], decoder_input_ids=tokens)
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    return step
+
+
+def causal_lm_beam_step(lm, ids, mask):
+    """The ``step`` of :func:`constrained_beam_search` for a decoder-only LM: the left-padded
+    prompt ``ids [B, P]`` (``mask``: its real tokens) runs once; then one token per call with the
+    KV cache, the attention mask and positions growing and reordered with the beams."""
+    state = {"mask": mask.long(), "pos": (mask.long().cumsum(1) - 1).clamp_min(0), "cache": None}
+
+    def step(tokens, reorder):
+        if tokens is None:
+            out, state["cache"] = cached_forward(lm, None, input_ids=ids, attention_mask=state["mask"],
+                                                 position_ids=state["pos"])
+        else:
+            state["cache"].reorder_cache(reorder)
+            state["mask"] = torch.cat([state["mask"][reorder], state["mask"].new_ones(len(reorder), 1)], 1)
+            pos = state["pos"][reorder][:, -1:] + 1
+            state["pos"] = torch.cat([state["pos"][reorder], pos], 1)
+            out, state["cache"] = cached_forward(lm, state["cache"], input_ids=tokens,
+                                                 attention_mask=state["mask"], position_ids=pos)
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    return step

@@ -1,24 +1,25 @@
 """MACRec (Zhang et al., AAAI 2026): multi-aspect cross-modal quantisation for generative recommendation.
 
-Two views' semantic IDs (text, image; or any two by ``gr_views``) train one T5 on six tasks:
-seqrec / seqimage (history -> next item, same view), item2image / image2item (an item's ID in one
-view -> the other view: explicit item-level alignment) and seqitem2image / seqimage2item (history
-in one view -> next item in the other: explicit sequence-level alignment). With
+Two views' semantic IDs (text, image; or any two by ``gr_views``: v1, v2) train one T5 on six
+tasks: seqrec / seqrec_v2 (history -> next item, same view), item_v1_to_v2 / item_v2_to_v1 (an
+item's ID in one view -> the other view: explicit item-level alignment) and seqrec_v1_to_v2 /
+seqrec_v2_to_v1 (history in one view -> next item in the other: explicit sequence-level
+alignment); the released names (seqimage, item2image, ...) are accepted. With
 ``gr_task_mix: released`` an epoch holds every training row once per history task and every
 catalogue item once per item task, shuffled together (the released fine-tuning). Implicit
 alignment: InfoNCE between mean-pooled encoder states of an item's two IDs. Inference: beam search
 once per view, then fusion.
 """
 import torch
-import torch.nn.functional as F
 
 from recbole_macrec.data.device_loader import TASK_FIELD
 from recbole_macrec.errors import SettingError
 from recbole_macrec.model.beam_search import scores_to_matrix
-from recbole_macrec.model.generative import TASKS, GenerativeRecommender, stack_rows
-from recbole_macrec.model.packing import pad_cat
+from recbole_macrec.model.encoder_decoder import TASKS, EncoderDecoderRecommender
+from recbole_macrec.model.packing import pad_cat, stack_rows
+from recbole_macrec.model.semantic_id_recommender import model_views
 from recbole_macrec.model.vocab import PAD
-from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
+from recbole_macrec.quantization.losses import info_nce
 
 FUSIONS = ("published", "mean")
 
@@ -26,12 +27,9 @@ FUSIONS = ("published", "mean")
 def implicit_alignment_loss(a, b, temperature, bidirectional=True):
     """InfoNCE between paired rows of ``a`` and ``b`` ``[B, d]`` (L2-normalised); both
     directions averaged, or ``a -> b`` only (the released code's variant)."""
-    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
-    target = torch.arange(a.shape[0], device=a.device)
-    loss = F.cross_entropy(logits, target)
     if bidirectional:
-        loss = (loss + F.cross_entropy(logits.t(), target)) / 2
-    return loss
+        return info_nce(a, b, temperature, both_directions=True) / 2
+    return info_nce(a, b, temperature)
 
 
 def published_fusion(items_a, scores_a, items_b, scores_b, n_items):
@@ -43,13 +41,11 @@ def published_fusion(items_a, scores_a, items_b, scores_b, n_items):
     return torch.where(both, (a + b) / 2 + 1, torch.maximum(a, b))
 
 
-class MACRec(GenerativeRecommender):
-    trainer_class = GenerativeTrainer
-
+class MACRec(EncoderDecoderRecommender):
     @classmethod
     def check_settings(cls, config):
         super().check_settings(config)
-        views = list(config["gr_views"] or config["sid_views"] or [])
+        views = model_views(config)
         if len(views) != 2:
             raise SettingError(f"{cls.__name__} needs exactly two views, gr_views = {views}")
         if (config["fusion"] or "published") not in FUSIONS:
@@ -136,8 +132,8 @@ class MACRec(GenerativeRecommender):
 class MQL4GRec(MACRec):
     """MQL4GRec (Zhai et al., ICLR 2025) without its large-scale pre-training.
 
-    Separate RQ-VAEs per view (no cross-modal terms), tasks seqrec, seqimage, item2image,
-    image2item and fusionseqrec (a history in one view -> the next item in the other, the
-    direction drawn per row), no implicit alignment, the same fusion. The original's
+    Separate RQ-VAEs per view (no cross-modal terms), tasks seqrec, seqrec_v2, item_v1_to_v2,
+    item_v2_to_v1 and seqrec_cross (the released fusionseqrec: a history in one view -> the next
+    item in the other, the direction drawn per row), no implicit alignment, the same fusion. The original's
     pre-training on millions of items from other domains is NOT included.
     """

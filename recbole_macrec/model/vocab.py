@@ -18,7 +18,6 @@ class SemanticIdVocab:
     """
 
     def __init__(self, code_tables, tasks=(), first_id=2):
-        self.views = list(code_tables)
         self.task_ids = {task: first_id + i for i, task in enumerate(tasks)}
         offset = first_id + len(self.task_ids)
         self.level_offsets, self.level_sizes, self._item_tokens = {}, {}, {}

@@ -1,4 +1,5 @@
-"""MACRec's cross-modal quantisation losses (paper: per-level InfoNCE and reconstruction alignment)."""
+"""InfoNCE, written once, and MACRec's cross-modal quantisation losses built on it (paper: per-level
+InfoNCE and reconstruction alignment); the generative stage's implicit alignment uses it too."""
 import torch
 import torch.nn.functional as F
 
@@ -34,12 +35,27 @@ def normalize_rows(x, floor=0.0):
     return x / norm.clamp_min(1e-12)
 
 
+def info_nce(a, b, temperature, positives=None, both_directions=False, norm_floor=0.0):
+    """InfoNCE of each L2-normalised row of ``a [B, d]`` against every row of ``b [B, d]``
+    (``b is a``: the batch against itself, the anchor included, as in the released code), the
+    positive of row ``i`` being row ``positives[i]`` (default ``i``: paired rows). With
+    ``both_directions`` the ``b -> a`` term (the same logits, transposed) is added. ``norm_floor``:
+    see :func:`normalize_rows`."""
+    a_unit = normalize_rows(a, norm_floor)
+    b_unit = a_unit if b is a else normalize_rows(b, norm_floor)
+    logits = a_unit @ b_unit.t() / temperature
+    if positives is None:
+        positives = torch.arange(a.shape[0], device=a.device)
+    loss = F.cross_entropy(logits, positives)
+    if both_directions:
+        loss = loss + F.cross_entropy(logits.t(), positives)
+    return loss
+
+
 def info_nce_to_positive(features, positives, temperature, norm_floor=0.0):
-    """InfoNCE of each L2-normalised row of ``features [B, d]`` against all rows of the batch
-    (itself included, as in the released code), the target being row ``positives[i]``."""
-    f = normalize_rows(features, norm_floor)
-    logits = f @ f.t() / temperature
-    return F.cross_entropy(logits, positives)
+    """InfoNCE of each row of ``features [B, d]`` against all rows of the batch, the target being
+    row ``positives[i]``."""
+    return info_nce(features, features, temperature, positives, norm_floor=norm_floor)
 
 
 def cross_modal_level_loss(res_a, res_b, labels_a, labels_b, temperature, generator=None):
@@ -60,6 +76,4 @@ def self_positive_level_loss(res_a, res_b, temperature):
 def symmetric_info_nce(a, b, temperature):
     """Bidirectional InfoNCE between paired rows of ``a`` and ``b`` ``[B, d]`` (row i <-> row i),
     the sum of both directions."""
-    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
-    target = torch.arange(a.shape[0], device=a.device)
-    return F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
+    return info_nce(a, b, temperature, both_directions=True)

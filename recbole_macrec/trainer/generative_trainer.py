@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader, device_loader_applies
 from recbole_macrec.errors import SettingError
-from recbole_macrec.utils import synchronize
+from recbole_macrec.timing import synchronize
 
 
 def cosine_with_warmup(warmup_steps, total_steps):

@@ -1,0 +1,192 @@
+"""Base of every semantic-ID recommender (TIGER, MACRec, MQL4GRec, LCRec).
+
+An item is L code tokens per view. A task maps a source (a history, or one item) to a target
+item's tokens; training is the task mixture, decoding the shared constrained beam search over a
+trie per view. A backbone (``encoder_decoder.py``: T5; ``decoder_only.py``: a causal LM) says how
+a task's rows are built and scored by implementing:
+
+- ``task_rows(task, interaction, max_len)``: a tuple of row-aligned ``[B, S]`` tensors, padded
+  with ``row_pads``;
+- ``token_losses(rows)``: ``(token cross-entropy [R, T], which tokens count [R, T])``;
+- ``beam_step(interaction, view)``: ``(step, batch size)`` for :func:`constrained_beam_search`;
+- ``teacher_forced_scores(interaction, view, items)``: what beam search ranks by, ``[B]``;
+- ``task_kind(task)``: ``"seq"`` (one row per training row) or ``"item"`` (one per catalogue item).
+"""
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_macrec.data.device_loader import TASK_FIELD
+from recbole_macrec.errors import SettingError
+from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
+from recbole_macrec.model.packing import pad_cat, row_token_mean, segment_token_means, stack_rows
+from recbole_macrec.model.vocab import SemanticIdVocab
+
+TASK_MIXES = ("released", "per_batch")
+
+
+def task_mix_setting(config):
+    """``gr_task_mix``: ``released`` (every epoch: each history task over every training row,
+    each item task over every catalogue item, shuffled together; loss = mean over a step's target
+    tokens) or ``per_batch`` (every task built from each RecBole batch; loss = sum of per-task
+    means)."""
+    mix = config["gr_task_mix"] or "released"
+    if mix not in TASK_MIXES:
+        raise SettingError(f"gr_task_mix must be one of {', '.join(TASK_MIXES)}, got '{mix}'")
+    return mix
+
+
+def model_views(config):
+    """The views a semantic-ID model reads: ``gr_views``, or all of ``sid_views``."""
+    return list(config["gr_views"] or config["sid_views"] or [])
+
+
+def load_code_tables(dataset, views):
+    """``{view: [n_items, L]}`` long codes by internal item id, from the ``<view>_sid`` item
+    features; raises when a view's codes are missing, not integers, or not unique."""
+    from recbole_macrec.semantic_ids import sid_field
+
+    item_feat = dataset.get_item_feature()
+    tables = {}
+    for view in views:
+        field = sid_field(view)
+        if field not in item_feat.interaction:
+            raise ValueError(f"dataset '{dataset.dataset_name}' has no item feature '{field}': "
+                             f"run the semantic-ID pre-stage (python -m recbole_macrec.semantic_ids)")
+        raw = item_feat[field].float()
+        codes = raw.round().long()
+        if not torch.equal(codes.float(), raw) or (codes[1:] < 0).any():
+            raise ValueError(f"item feature '{field}' holds non-integer or negative codes "
+                             f"(was it normalised? set normalize_all: False)")
+        if len(torch.unique(codes[1:], dim=0)) != len(codes) - 1:
+            raise ValueError(f"item feature '{field}': two items share a semantic ID (or an item "
+                             f"has no code); resolve collisions in the pre-stage")
+        tables[view] = codes
+    return tables
+
+
+class SemanticIdRecommender(SequentialRecommender):
+    """Tokens, tries, the task mixture, decoding and fusion; a backbone subclass supplies the
+    network (see the module's docstring)."""
+
+    input_type = InputType.POINTWISE
+
+    @classmethod
+    def check_settings(cls, config):
+        """Raise :class:`SettingError` for settings this model cannot use; the runner calls it
+        before any data is loaded or any pre-stage runs."""
+        from recbole_macrec.quantization.train import QuantizerParams
+
+        beam, topk = int(config["beam_size"]), max(config["topk"])
+        if beam < topk:
+            raise SettingError(f"beam_size={beam} is smaller than the largest top-k ({topk}): "
+                               f"the evaluator would rank items the beam never scored")
+        task_mix_setting(config)
+        if (config["sid_method"] or "import") != "import":
+            QuantizerParams.from_config(config, config["sid_method"])
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        type(self).check_settings(config)
+        self.views = model_views(config)
+        self.inference_views = list(config["gr_inference_views"] or self.views)
+        self.task_mix = task_mix_setting(config)
+        self.pack_tasks = config["gr_pack_tasks"] is not False
+        self.beam_size = int(config["beam_size"])
+        self.tries = {}
+
+    def set_tasks(self, tasks, weights=None):
+        """The tasks trained (names this model knows) and their loss weights (default 1.0); tasks
+        of weight 0 are left out of training."""
+        weights = weights or {}
+        self.tasks = list(tasks)
+        self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.mixture_tasks = [t for t in self.tasks if self.task_weights[t] != 0]
+
+    def set_vocab(self, code_tables, task_names, first_id=2):
+        """The token vocabulary of ``code_tables`` (``{view: [n_items, L]}``) with one prompt token
+        per name in ``task_names``; item token tables become device buffers."""
+        self.vocab = SemanticIdVocab(code_tables, task_names, first_id)
+        for view in code_tables:
+            self.register_buffer(f"_tokens_{view}", self.vocab.item_token_table(view), persistent=False)
+
+    def item_tokens(self, view, items):
+        """``[..., L]`` tokens of item ids ``[...]`` in ``view``."""
+        return getattr(self, f"_tokens_{view}")[items]
+
+    # ---- training ----------------------------------------------------------------------------
+    def task_mixture(self):
+        """``[(task, kind)]`` of the tasks a mixture epoch holds, or None with
+        ``gr_task_mix: per_batch``."""
+        if self.task_mix != "released":
+            return None
+        return [(task, self.task_kind(task)) for task in self.mixture_tasks]
+
+    def task_groups(self, tasks):
+        """Tasks that share one forward pass: those with the same kind of source (a history or
+        one item, so similar widths) when ``gr_pack_tasks``, else one task each."""
+        if not self.pack_tasks:
+            return [[task] for task in tasks]
+        groups = {}
+        for task in tasks:
+            groups.setdefault(self.task_kind(task), []).append(task)
+        return list(groups.values())
+
+    def task_losses(self, interaction):
+        """``gr_task_mix: per_batch``: ``{task: weighted mean target-token cross-entropy}`` of
+        every task built from the RecBole batch ``interaction``."""
+        losses = {}
+        max_len = int(interaction[self.ITEM_SEQ_LEN].max())   # one host sync for all history tasks
+        for group in self.task_groups(self.mixture_tasks):
+            built = [self.task_rows(task, interaction, max_len) for task in group]
+            rows = tuple(pad_cat([b[i] for b in built], pad) for i, pad in enumerate(self.row_pads))
+            token_loss, valid = self.token_losses(rows)
+            means = segment_token_means(token_loss, valid, [len(b[0]) for b in built])
+            for task, loss in zip(group, means):
+                losses[task] = self.task_weights[task] * loss
+        return losses
+
+    def mixture_losses(self, interaction):
+        """``{"tasks": mean target-token cross-entropy of the step (task weights applied)}`` for a
+        batch of :class:`TaskMixtureLoader`: row ``r`` built as task
+        ``mixture_tasks[interaction[TASK_FIELD][r]]``, all rows in one forward pass."""
+        max_len = max(1, int(interaction[self.ITEM_SEQ_LEN].max()))   # one host sync
+        task = interaction[TASK_FIELD]
+        built = [self.task_rows(t, interaction, max_len) for t in self.mixture_tasks]
+        rows = tuple(stack_rows([b[i] for b in built], task, pad) for i, pad in enumerate(self.row_pads))
+        token_loss, valid = self.token_losses(rows)
+        weights = torch.tensor([self.task_weights[t] for t in self.mixture_tasks], device=task.device)
+        return {"tasks": row_token_mean(token_loss, valid, weights[task])}
+
+    def calculate_loss(self, interaction):
+        if TASK_FIELD in interaction:
+            return sum(self.mixture_losses(interaction).values())
+        return sum(self.task_losses(interaction).values())
+
+    # ---- scoring and decoding ----------------------------------------------------------------
+    def trie(self, view):
+        if view not in self.tries:
+            self.tries[view] = CodeTrie.for_view(self.vocab, view, getattr(self, f"_tokens_{view}").device)
+        return self.tries[view]
+
+    def beam_search(self, interaction, view):
+        """Top ``beam_size`` items ``[B, K]`` and their scores ``[B, K]`` in ``view``: mean
+        log-probability of the item's L tokens and the eos after them (transformers'
+        ``sequences_scores``)."""
+        step, batch_size = self.beam_step(interaction, view)
+        return constrained_beam_search(step, batch_size, self.trie(view), self.beam_size, self.eos_id)
+
+    def fuse(self, per_view, interaction):
+        """Combine ``{view: (items, scores)}`` into ``[B, n_items]``; single view by default."""
+        (items, scores), = per_view.values()
+        return scores_to_matrix(items, scores, self.n_items)
+
+    @torch.no_grad()
+    def full_sort_predict(self, interaction):
+        """``[B, n_items]``: beam scores at the items beam search returned, -inf elsewhere."""
+        per_view = {view: self.beam_search(interaction, view) for view in self.inference_views}
+        return self.fuse(per_view, interaction)
+
+    def predict(self, interaction):
+        """Teacher-forced score ``[B]`` of ``interaction[ITEM_ID]`` (first inference view)."""
+        return self.teacher_forced_scores(interaction, self.inference_views[0], interaction[self.ITEM_ID])

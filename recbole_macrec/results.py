@@ -1,0 +1,80 @@
+"""A run's result file: what it records (metrics, settings, timings, the semantic IDs used) and
+where it and its per-user ranks (``<name>.ranks.npz``) are written. Read back by the leaderboard."""
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from recbole_macrec.files import atomic_path, text_digest, write_json
+
+# settings that do not change what a run computes (where it writes, what it shows, the device)
+VOLATILE_SETTINGS = {"seed", "results_dir", "device", "use_gpu", "gpu_id", "local_rank", "single_spec", "state",
+                     "show_progress", "log_wandb", "wandb_project", "checkpoint_dir", "nproc", "world_size", "offset",
+                     "ip", "port", "worker", "run_label"}
+
+
+def ranks_path(result_file):
+    """The per-user ranks file that belongs to the result json ``result_file``."""
+    return result_file[: -len(".json")] + ".ranks.npz"
+
+
+def machine_description():
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
+
+
+def semantic_id_summary(report_path):
+    """The pre-stage report's method, folder and per-view collision figures."""
+    with open(report_path) as f:
+        report = json.load(f)
+    return {"method": report["method"], "folder": os.path.dirname(report_path),
+            "per_view": {v["view"]: {k: v[k] for k in ("collision_rate_before", "collision_rate_after",
+                                                       "items_moved")} for v in report["per_view"]}}
+
+
+def metric_values(result):
+    return {k: float(v) for k, v in (result or {}).items()}
+
+
+def effective_settings(config):
+    """The run's settings as data (sorted; values json-safe), without :data:`VOLATILE_SETTINGS`:
+    two runs with equal settings differ only in seed, device and where they write."""
+    def plain(value):
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return str(value)
+
+    return {key: plain(value) for key, value in sorted(config.final_config_dict.items())
+            if key not in VOLATILE_SETTINGS}
+
+
+def settings_digest(settings):
+    return text_digest(json.dumps(settings, sort_keys=True), 16)
+
+
+def write_result_file(config, result, ranks=None):
+    """Write one run's results as json under ``config['results_dir']`` (and ``ranks``, the per-user
+    ranks of the test target, beside it: :func:`ranks_path`); returns the json path."""
+    out_dir = config["results_dir"] or "saved/results"
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = os.path.join(out_dir, f"{config['model']}-{config['dataset']}-{stamp}")
+    path, copy = f"{stem}.json", 1
+    while os.path.exists(path):   # two runs finished in the same second: keep both
+        copy += 1
+        path = f"{stem}-{copy}.json"
+    if ranks is not None:
+        users, rank = ranks
+        with atomic_path(ranks_path(path), suffix=".npz") as tmp:
+            np.savez_compressed(tmp, users=users, rank=rank)
+    write_json(path, result)
+    return path
