@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The test suite under the GPU image's Python and package versions, on the CPU, with the carried
-# wheels installed the way gpu_instruments.sh installs them: catches version breakage (Python 3.12,
-# torch 2.11, transformers 5.17, numpy 2.5) before device time is spent on it.
+# The test suite under the Python and package versions of a typical GPU machine (the versions
+# gpu_instruments.sh was checked against), on the CPU, with the carried wheels installed the way
+# gpu_instruments.sh installs them: catches version breakage (Python 3.12, torch 2.11,
+# transformers 5.17, numpy 2.5) before GPU time is spent on it.
 #   bash benchmarks/emulate_gpu_image.sh [pytest args]
 # Needs python3.12 (PYTHON312=...) and .whl (benchmarks/README.md). The venv (VENV, default
 # /tmp/gpu_image_venv) takes about 5 GB: PyPI's torch 2.11 is the CUDA build; it runs on the CPU.
-# Versions as the GPU image lists them (read 2026-11); torchvision is left out.
+# Versions of that machine's environment (read 2026-11); torchvision is left out.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON312:-python3.12}

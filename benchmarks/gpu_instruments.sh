@@ -4,16 +4,16 @@
 # MACRec ablation rows, RecBole built-ins and the beam-search benchmark.
 #
 # On a fresh GPU machine with no network, from the repository root:
-#   .whl/        wheels the image lacks: recbole (no deps), pandas<3 (+pytz, tzdata), colorlog,
+#   .whl/        wheels the machine may lack: recbole (no deps), pandas<3 (+pytz, tzdata), colorlog,
 #                texttable, optionally faiss-cpu (only the k-means pre-stages need it; these runs
 #                import the published IDs); benchmarks/README.md lists the download command
 #   .gpu_data/Instruments/   a copy of ../shared/data/Instruments
 #   bash benchmarks/gpu_instruments.sh OUT_DIR
 # (from another folder too: RecBole's dataset/, log/ and saved/ then go into that folder)
 # Every run writes its json (+ per-user ranks) as soon as it finishes; log.txt has everything.
-# BUNDLE=1 (for a remote runner that returns at most 8 files) keeps the run files in RUNS_DIR
+# BUNDLE=1 (one archive to copy back instead of one file per run) keeps the run files in RUNS_DIR
 # (default /tmp/gpu_runs) and refreshes OUT_DIR/runs.tgz after every step, so OUT_DIR holds only
-# log.txt, gpu_utilisation.csv and runs.tgz. Add them to the leaderboard on the development machine with
+# log.txt, gpu_utilisation.csv and runs.tgz. Add them to the leaderboard on your own machine with
 # `python -m recbole_macrec.leaderboard --dataset=Instruments --ingest OUT_DIR/runs.tgz` (or OUT_DIR).
 #
 # Training is budgeted in seconds, not epochs: each budgeted run times a few probe steps and
@@ -30,7 +30,7 @@
 #   BEAM_BENCH=1  our beam search vs HF generate + trie
 #   DRY_RUN=1     print each model run's arguments instead of running it (checks the schedule);
 #                 the PROFILE and BEAM_BENCH steps are skipped
-# A call of about 10 minutes fits MACRec + MQL4GRec with the defaults; a second call
+# About 10 minutes fit MACRec + MQL4GRec with the defaults (one H200); a second invocation
 # (MODELS="TIGER LCRec" PROFILE=0) the rest. Each step has its own timeout, so the script ends.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader  # noqa: E402
-from recbole_macrec.leaderboard import parse_overrides  # noqa: E402
+from recbole_macrec.config import parse_overrides  # noqa: E402
 from recbole_macrec.quick_start import build_run  # noqa: E402
 from recbole_macrec.results import machine_description  # noqa: E402
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer  # noqa: E402

@@ -36,7 +36,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.data.atomic import write_atomic  # noqa: E402
 from recbole_macrec.data.item_views import save_item_view  # noqa: E402
-from recbole_macrec.files import atomic_path, temp_dir  # noqa: E402
+from recbole_macrec.files import atomic_path, move_into, temp_dir  # noqa: E402
 
 SAFE_ASIN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # an ASIN becomes a file name: nothing else may
 IMAGE_SCHEMES = ("http://", "https://")          # file:// and others would read local files
@@ -315,8 +315,7 @@ def prepare(category, raw_dir, out, images_dir=None, download=False, text_encode
     tmp = temp_dir(os.path.dirname(os.path.abspath(out)) or ".", name)
     try:
         report["stats"] = write_dataset(frame, meta, tmp, name)
-        for fname in os.listdir(tmp):
-            os.replace(os.path.join(tmp, fname), os.path.join(out, fname))
+        move_into(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     items = sorted(frame.item.unique())

@@ -37,7 +37,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_macrec.data.atomic import write_atomic  # noqa: E402
 from recbole_macrec.data.item_views import save_item_view  # noqa: E402
-from recbole_macrec.files import temp_dir  # noqa: E402
+from recbole_macrec.files import move_into, temp_dir  # noqa: E402
 
 # Published file suffixes -> view names (MQL4GRec: LLaMA text embeddings, CLIP ViT image embeddings).
 DEFAULT_VIEW_NAMES = {"lemb": "text", "vitemb": "image", "llama-td": "text", "ViT-L-14": "image"}
@@ -265,9 +265,7 @@ def convert(src, out, view_names=None):
                 json.dump(table, f)
         with open(os.path.join(tmp, f"{dataset}.yaml"), "w") as f:
             f.write(dataset_yaml(dataset, out, item, views, [v for v, _ in codes]))
-        os.makedirs(out, exist_ok=True)
-        for fname in os.listdir(tmp):
-            os.replace(os.path.join(tmp, fname), os.path.join(out, fname))
+        move_into(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n_users, n_items, n_inter = inter.user_id.nunique(), len(item_tokens), len(inter)

@@ -111,8 +111,7 @@ def _exact_distributed_evaluate(evaluate):
         if self.config["single_spec"]:
             return evaluate(self, eval_data, *args, **kwargs)
         uid = self.config["USER_ID_FIELD"]
-        collect, score, reduce = (self.eval_collector.eval_batch_collect, self.evaluator.evaluate,
-                                  self._map_reduce)
+        collect, score = self.eval_collector.eval_batch_collect, self.evaluator.evaluate
         self._eval_users = []
 
         def recording(scores, interaction, positive_u, positive_i):

@@ -47,6 +47,17 @@ def parse_value(text):
     return value if isinstance(value, (list, dict)) else text
 
 
+def parse_overrides(items):
+    """``{key: value}`` of command-line ``KEY=VALUE`` items, values read as data (5, 1e-3, True, [a, b])."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SettingError(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=5")
+        overrides[key] = parse_value(value)
+    return overrides
+
+
 def check_setting_types(values):
     """Raise :class:`SettingError` naming the first setting of the wrong type in ``values``."""
     for key in INT_SETTINGS:

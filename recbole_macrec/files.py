@@ -45,6 +45,14 @@ def temp_dir(folder, name):
     return tempfile.mkdtemp(prefix=temp_prefix(name), dir=folder)
 
 
+def move_into(tmp, out):
+    """Move every file of the finished temporary folder ``tmp`` into ``out``, each by an atomic
+    rename (a reader sees each file old or new, never half written)."""
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(tmp):
+        os.replace(os.path.join(tmp, name), os.path.join(out, name))
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)

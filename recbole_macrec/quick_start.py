@@ -221,24 +221,17 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     return Run(config, dataset_obj, loaders, model_obj, settings, semantic_ids)
 
 
-def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
-    """Train and test ``model`` (a name or a class) on ``dataset`` with RecBole's pipeline.
-
-    Returns a dict with ``best_valid_result``, ``test_result`` (metric -> value), ``result_file`` and
-    run facts (seed, epochs, wall time, machine).
-    """
-    start = time.time()
-    run = build_run(model, dataset, config_file_list, config_dict)
-    config, dataset_obj, model_obj = run.config, run.dataset, run.model
+def fit_and_test(run, saved):
+    """Train ``run``'s model with its registered trainer, then test the best checkpoint. Returns
+    ``(trainer, best_valid_score, best_valid_result, test_result, timer, recorder)``."""
+    config = run.config
     train_data, valid_data, test_data = run.loaders
-    logger = getLogger()
-
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, run.model)
     timer = PhaseTimer(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
-    recorder = TestRankRecorder(trainer, dataset_obj)
+    recorder = TestRankRecorder(trainer, run.dataset)
     load_best = saved
     if saved and not config["single_spec"]:
         load_best_everywhere(trainer)
@@ -247,12 +240,15 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
                                                       show_progress=config["show_progress"]))
     recorder.close()
     timer.close()
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return trainer, best_valid_score, best_valid_result, test_result, timer, recorder
 
+
+def result_record(run, trainer, best_valid_score, best_valid_result, test_result, timer, config_files):
+    """The run's result file content (see :mod:`recbole_macrec.results`), without its path."""
+    config = run.config
     result = {
         "model": config["model"],
-        "label": config["run_label"] or getattr(model_obj, "label", config["model"]),
+        "label": config["run_label"] or getattr(run.model, "label", config["model"]),
         "dataset": config["dataset"],
         "seed": config["seed"],
         "epochs": trainer.epochs,   # as trained: memory-based models run 1, budgets plan their own
@@ -261,21 +257,38 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": metric_values(best_valid_result),
         "test_result": metric_values(test_result),
-        "wall_time_s": round(time.time() - start, 2),
         "timing": timer.summary(),
         "machine": machine_description(),
-        "config_files": list(config_file_list or []),
+        "config_files": list(config_files or []),
         "settings": run.settings,
         "settings_digest": settings_digest(run.settings),
     }
     if getattr(trainer, "budget_plan", None):
         result["train_budget"] = trainer.budget_plan
-    code_level = code_level_result(config, dataset_obj, model_obj, recorder, run.semantic_ids)
+    if run.semantic_ids is not None:
+        result["semantic_ids"] = semantic_id_summary(run.semantic_ids.report)
+    return result
+
+
+def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+    """Train and test ``model`` (a name or a class) on ``dataset`` with RecBole's pipeline.
+
+    Returns a dict with ``best_valid_result``, ``test_result`` (metric -> value), ``result_file`` and
+    run facts (seed, epochs, wall time, machine).
+    """
+    start = time.time()
+    logger = getLogger()
+    run = build_run(model, dataset, config_file_list, config_dict)
+    config = run.config
+    trainer, best_valid_score, best_valid_result, test_result, timer, recorder = fit_and_test(run, saved)
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    result = result_record(run, trainer, best_valid_score, best_valid_result, test_result, timer, config_file_list)
+    code_level = code_level_result(config, run.dataset, run.model, recorder, run.semantic_ids)
     if code_level is not None:
         result["code_level"] = code_level
         logger.info(set_color("test result, code level", "yellow") + f": {code_level['test_result']}")
-    if run.semantic_ids is not None:
-        result["semantic_ids"] = semantic_id_summary(run.semantic_ids.report)
+    result["wall_time_s"] = round(time.time() - start, 2)
     if global_rank(config) == 0:
         result["result_file"] = write_result_file(config, result, recorder.ranks())
         logger.info(set_color("results written to", "yellow") + f": {result['result_file']}")

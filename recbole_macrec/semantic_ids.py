@@ -224,7 +224,8 @@ def item_table(config, items, codes):
 def _publish(tmp, out):
     """Swap a finished temp folder into place; an older result is replaced only at the end. When
     another run publishes the same folder at the same moment, the first one in stays (both were
-    built from the same inputs and settings: the folder name is their hash)."""
+    built with the same settings, which the folder name hashes; the report's ``input_hash`` says
+    which input files they read)."""
     backup = None
     if os.path.isdir(out):
         backup = temp_dir(os.path.dirname(os.path.abspath(out)), os.path.basename(out) + ".old")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, without_cache_deprecation, write_codes
-from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
+from recbole_macrec.model.beam_search import CodeTrie, scores_to_matrix
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
 
 

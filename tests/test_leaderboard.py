@@ -5,6 +5,7 @@ import pytest
 
 from conftest import tiny_config_dict
 from recbole_macrec import leaderboard
+from recbole_macrec.errors import SettingError
 
 
 def _args(tiny_dataset, out, models="Pop,SASRec", seeds=2):
@@ -54,13 +55,13 @@ def test_interrupted_leaderboard_resumes_without_redoing_finished_runs(tiny_data
     leaderboard.main(_args(tiny_dataset, out, models="Pop", seeds=2))
     os.remove(out / "runs" / "Pop-seed2021.json")  # as if killed during the second run
     calls = []
-    real = leaderboard.run_entry
+    real = leaderboard.cli.run_entry
 
     def counting(entry, dataset, seed, *rest):
         calls.append((entry.label, seed))
         return real(entry, dataset, seed, *rest)
 
-    monkeypatch.setattr(leaderboard, "run_entry", counting)
+    monkeypatch.setattr(leaderboard.cli, "run_entry", counting)
     leaderboard.main(_args(tiny_dataset, out, models="Pop", seeds=2))
     assert calls == [("Pop", 2021)]
     leaderboard.main(_args(tiny_dataset, out, models="Pop", seeds=2))
@@ -68,7 +69,7 @@ def test_interrupted_leaderboard_resumes_without_redoing_finished_runs(tiny_data
 
 
 def test_unknown_model_is_rejected_before_anything_runs(tiny_dataset, workdir, monkeypatch):
-    monkeypatch.setattr(leaderboard, "run_entry", lambda *a: pytest.fail("nothing may run"))
+    monkeypatch.setattr(leaderboard.cli, "run_entry", lambda *a: pytest.fail("nothing may run"))
     with pytest.raises(SystemExit, match="Unknown model 'Nope'"):
         leaderboard.main(_args(tiny_dataset, workdir / "lb", models="SASRec,Nope"))
     assert not list((workdir / "lb" / "runs").glob("*.json"))
@@ -87,8 +88,8 @@ def test_ablation_preset_leaves_out_prestage_terms_on_imported_codes(capsys, tin
     assert "wo_con, wo_align left out" in capsys.readouterr().err
     # the dataset's own sid_method decides (Instruments.yaml imports the published codes)
     seen = []
-    monkeypatch.setattr(leaderboard, "run_entry", lambda entry, *a: seen.append(entry.label))
-    monkeypatch.setattr(leaderboard, "write_outputs", lambda *a: [])
+    monkeypatch.setattr(leaderboard.cli, "run_entry", lambda entry, *a: seen.append(entry.label))
+    monkeypatch.setattr(leaderboard.cli, "write_outputs", lambda *a: [])
     monkeypatch.setattr("builtins.open", _readme_stub(open))
     leaderboard.main(["--dataset=Instruments", "--preset=ablation", f"--out={workdir / 'lb'}"])
     assert seen == ["MACRec", "MACRec w/o implicit", "MACRec w/o explicit"]
@@ -189,7 +190,7 @@ def test_compare_pairs_rows_by_label_on_hand_made_ranks(tmp_path):
     assert 0 < test["t_test_p"] < 1 and 0 < test["wilcoxon_p"] < 1
     md = leaderboard.markdown("toy", rows, None, {}, [], [test])
     assert f"| A one | B (two) | 8 | {expected:+.4f} |" in md
-    with pytest.raises(leaderboard.SettingError, match="no row labelled 'C'"):
+    with pytest.raises(SettingError, match="no row labelled 'C'"):
         leaderboard.comparisons(runs, rows, [("A one", "C")])
-    with pytest.raises(leaderboard.SettingError, match="two row labels"):
+    with pytest.raises(SettingError, match="two row labels"):
         leaderboard.parse_comparisons(["A one"])

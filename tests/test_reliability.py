@@ -257,7 +257,7 @@ def test_ingest_and_leaderboard_builds_survive_malformed_files(tmp_path, capsys)
 
 def test_set_without_equals_is_a_clear_error():
     from recbole_macrec.errors import SettingError
-    from recbole_macrec.leaderboard import parse_overrides
+    from recbole_macrec.config import parse_overrides
 
     with pytest.raises(SettingError, match="--set 'epochs5': expected KEY=VALUE"):
         parse_overrides(["epochs5"])

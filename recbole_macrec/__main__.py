@@ -1,0 +1,3 @@
+from recbole_macrec.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from recbole_macrec.leaderboard.cli import main
+
+main()

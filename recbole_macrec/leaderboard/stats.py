@@ -1,0 +1,121 @@
+"""Rows from runs (mean and std over seeds per label and settings) and paired significance tests
+on per-user metrics, read from each run's ranks."""
+import os
+
+import numpy as np
+
+from recbole_macrec.errors import SettingError
+from recbole_macrec.results import ranks_path
+
+METRICS = [f"{m}@{k}" for m in ("hit", "ndcg") for k in (1, 5, 10, 20)]
+KEY_METRIC = "ndcg@10"
+
+
+def row_key(run):
+    """Runs of one row: same label, epochs and recorded settings (seeds differ)."""
+    return run["label"], run["epochs"], run.get("settings_digest")
+
+
+def timing_summary(group):
+    """``(s/epoch, test s)`` of a row's runs: the median training epoch (the first one pays for
+    warm-up) and the test pass, averaged over runs; ``None`` where runs did not record them."""
+    epochs = [float(np.median(r["timing"]["train_epoch_s"])) for r in group
+              if (r.get("timing") or {}).get("train_epoch_s")]
+    tests = [r["timing"]["test_s"] for r in group if (r.get("timing") or {}).get("test_s") is not None]
+    return (float(np.mean(epochs)) if epochs else None), (float(np.mean(tests)) if tests else None)
+
+
+def aggregate(runs):
+    """One row per (label, epochs, settings): mean and std over seeds of every test metric. Runs of
+    one label with different recorded settings are different rows (their labels get the settings
+    digest), never averaged together."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(row_key(run), []).append(run)
+    clash = {label for label, _, _ in groups
+             if len({d for lab, _, d in groups if lab == label}) > 1}
+    rows = []
+    for (label, epochs, digest), group in groups.items():
+        run_epochs = {r.get("epochs_run", epochs) for r in group}
+        shown = f"{label} [settings {digest or 'unrecorded'}]" if label in clash else label
+        row = {"label": shown, "key": [label, epochs, digest], "model": group[0]["model"], "epochs": epochs,
+               "epochs_run": "/".join(map(str, sorted(run_epochs))),
+               "seeds": sorted(r["seed"] for r in group),
+               "wall_time_s": float(np.mean([r["wall_time_s"] for r in group])),
+               **dict(zip(("epoch_s", "test_s"), timing_summary(group))),
+               "machine": ", ".join(sorted({r["machine"] for r in group}))}
+        for m in METRICS:
+            values = np.array([r["test_result"][m] for r in group])
+            row[m] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        if all("code_level" in r for r in group):
+            row["code_level"] = {m: float(np.mean([r["code_level"]["test_result"][m] for r in group]))
+                                 for m in METRICS}
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r[KEY_METRIC])
+
+
+def per_user_metric(run, metric=KEY_METRIC):
+    """``{user: value}`` of ``metric`` for a run with recorded ranks, else ``None``."""
+    path = ranks_path(run["path"])
+    if not os.path.isfile(path):
+        return None
+    data = np.load(path)
+    name, k = metric.split("@")
+    rank, k = data["rank"].astype(float), int(k)
+    hit = (rank > 0) & (rank <= k)
+    # rank 0 (= not in the top-k list) would divide by log2(1) = 0; it scores 0 anyway
+    value = hit.astype(float) if name == "hit" else np.where(hit, 1 / np.log2(np.maximum(rank, 1) + 1), 0.0)
+    return dict(zip(data["users"].tolist(), value))
+
+
+def significance(runs, rows, metric=KEY_METRIC):
+    """Paired tests of the best row against the runner-up on per-user ``metric`` (averaged over
+    seeds, users matched by token): t-test and Wilcoxon signed-rank."""
+    if len(rows) < 2:
+        return None
+    return paired_test(runs, rows[0], rows[1], metric)
+
+
+def paired_test(runs, best, second, metric=KEY_METRIC):
+    """Paired t-test and Wilcoxon test of row ``best`` against row ``second`` on per-user ``metric``."""
+    from scipy import stats
+
+    out = {"metric": metric, "best": best["label"], "runner_up": second["label"]}
+    per_row = []
+    for row in (best, second):
+        users = [per_user_metric(r, metric) for r in runs if list(row_key(r)) == row["key"]]
+        if any(u is None for u in users):
+            return {**out, "note": "per-user ranks not recorded for these runs: no test"}
+        common = set.intersection(*(set(u) for u in users))
+        per_row.append({u: np.mean([d[u] for d in users]) for u in common})
+    users = sorted(set(per_row[0]) & set(per_row[1]))
+    a = np.array([per_row[0][u] for u in users])
+    b = np.array([per_row[1][u] for u in users])
+    if np.allclose(a, b):
+        return {**out, "users": len(users), "note": "identical per-user values"}
+    return {**out, "users": len(users), "mean_difference": float((a - b).mean()),
+            "t_test_p": float(stats.ttest_rel(a, b).pvalue),
+            "wilcoxon_p": float(stats.wilcoxon(a, b).pvalue)}
+
+
+def parse_comparisons(items):
+    """``["A|B", ...]`` -> ``[("A", "B"), ...]``; a clear error for anything else."""
+    pairs = []
+    for item in items:
+        parts = [p.strip() for p in item.split("|")]
+        if len(parts) != 2 or not all(parts):
+            raise SettingError(f"--compare {item!r}: expected two row labels separated by '|', "
+                               f"e.g. \"MACRec|TIGER\"")
+        pairs.append(tuple(parts))
+    return pairs
+
+
+def comparisons(runs, rows, pairs, metric=KEY_METRIC):
+    """Paired tests (per-user ``metric``) for each ``(label_a, label_b)`` pair of rows."""
+    by_label = {r["label"]: r for r in rows}
+    missing = sorted({lab for pair in pairs for lab in pair if lab not in by_label})
+    if missing:
+        raise SettingError(f"--compare: no row labelled {', '.join(map(repr, missing))}; rows are "
+                           f"{', '.join(map(repr, by_label))}")
+    return [paired_test(runs, by_label[a], by_label[b], metric) for a, b in pairs]
