@@ -1,3 +1,3 @@
 from recbole_macrec.cli import main
 
-main()
+main(prog="python -m recbole_macrec")

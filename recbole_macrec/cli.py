@@ -12,8 +12,8 @@ from recbole_macrec.quick_start import run
 from recbole_macrec.registry import get_model
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="recbole_macrec", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def parse_args(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model", "-m", type=str, default="MACRec", help="model name")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated yaml files")
@@ -34,8 +34,8 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, prog=None):
+    args = parse_args(argv, prog)
     try:
         get_model(args.model)
     except ValueError as err:

@@ -13,10 +13,10 @@ from recbole_macrec.leaderboard.stats import parse_comparisons
 FIXABLE = (SettingError, DataError)
 
 
-def parse_args(argv):
+def parse_args(argv, prog=None):
     from recbole_macrec.leaderboard import __doc__ as usage
 
-    parser = argparse.ArgumentParser(description=usage, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=usage, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--dataset")
     parser.add_argument("--models", default="")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 2020, 2021, ...")
@@ -77,8 +77,8 @@ def run_missing(todo, runs_dir, args, config_files, overrides):
             raise SettingError(f"{entry.label} seed {seed}: {err}") from err
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, prog=None):
+    args = parse_args(argv, prog)
     if args.readme and not args.dataset:
         update_readme()
         return None
