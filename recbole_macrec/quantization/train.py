@@ -217,11 +217,9 @@ def batch_loss(outputs, labels, idx, params, method, generator):
     return sum(parts.values()), parts
 
 
-def train_quantizers(views, method, params, seed, device="cpu", show_progress=True):
-    """Train on ``views`` (name -> ``[N, d]`` float32, rows aligned by item) and return, per view,
-    the codes of the evaluated epoch (every ``eval_step`` epochs and the last) with the lowest
-    collision rate (:class:`ViewCodes`)."""
-    logger = getLogger()
+def check_training_inputs(views, method, params):
+    """The number of items; raises :class:`SettingError` for a method or setting the views cannot
+    be trained with."""
     if method not in TRAINED_METHODS:
         raise SettingError(f"unknown training method '{method}' (expected {', '.join(TRAINED_METHODS)})")
     if method == "macrec" and len(views) != 2:
@@ -230,6 +228,60 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
     if params.codebook_size > n_items:
         raise SettingError(f"sid_codebook_size={params.codebook_size} exceeds the {n_items} items: "
                          f"k-means cannot initialise the codebooks")
+    return n_items
+
+
+def train_epoch(models, x, labels, params, method, generator, optimizer, scheduler):
+    """One epoch over every item in a random order (``generator``); returns each loss part's mean
+    over the items."""
+    n_items = len(next(iter(x.values())))
+    for m in models.values():
+        m.train()
+    order = torch.randperm(n_items, generator=generator, device=generator.device)
+    totals = {}
+    for start in range(0, n_items, params.batch_size):
+        idx = order[start:start + params.batch_size]
+        outputs = {name: models[name](x[name][idx]) for name in models}
+        loss, parts = batch_loss(outputs, labels, idx, params, method, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v.item() * len(idx) / n_items
+    return totals
+
+
+def check_epoch(models, x, params, epoch, evaluated, restart, best, history, generator, optimizer, entry_facts):
+    """After an epoch: each view's collision rate; a view's codes (and the distances collision
+    resolution ranks by) kept in ``best`` when ``evaluated`` and lower than before; unused
+    codewords restarted when ``restart``. Appends each view's record to ``history``; returns the
+    rates."""
+    rates = {}
+    for name, model in models.items():
+        codes, residuals, _ = encode_all(model, x[name], params.batch_size, residuals=restart)
+        codes_np = codes.cpu().numpy()
+        rates[name] = collision_rate(codes_np)
+        entry = {"epoch": epoch, "collision_rate": rates[name], "epoch_s": entry_facts["epoch_s"],
+                 **{k: v for k, v in entry_facts["totals"].items() if k.startswith(name + "/")}}
+        if evaluated and (name not in best or rates[name] < best[name].rate):
+            # distances only for a new best: the two levels collision resolution ranks by
+            last, prev = params.num_levels - 1, max(params.num_levels - 2, 0)
+            dists = encode_all(model, x[name], params.batch_size, distance_levels=(last, prev))[2]
+            best[name] = ViewCodes(codes_np, dists[last], dists[prev], epoch, rates[name])
+        if restart:
+            entry["dead_codes_restarted"] = model.quantizer.restart_dead_codes(
+                residuals, codes, generator, optimizer)
+        history[name].append(entry)
+    return rates
+
+
+def train_quantizers(views, method, params, seed, device="cpu", show_progress=True):
+    """Train on ``views`` (name -> ``[N, d]`` float32, rows aligned by item) and return, per view,
+    the codes of the evaluated epoch (every ``eval_step`` epochs and the last) with the lowest
+    collision rate (:class:`ViewCodes`)."""
+    logger = getLogger()
+    n_items = check_training_inputs(views, method, params)
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     x = {name: torch.as_tensor(v, dtype=torch.float32, device=device) for name, v in views.items()}
@@ -249,41 +301,13 @@ def train_quantizers(views, method, params, seed, device="cpu", show_progress=Tr
                   disable=not show_progress)
     for epoch in epochs:
         epoch_start = time.perf_counter()
-        for m in models.values():
-            m.train()
-        order = torch.randperm(n_items, generator=generator, device=device)
-        totals = {}
-        for start in range(0, n_items, params.batch_size):
-            idx = order[start:start + params.batch_size]
-            outputs = {name: models[name](x[name][idx]) for name in models}
-            loss, parts = batch_loss(outputs, labels, idx, params, method, generator)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + v.item() * len(idx) / n_items
-        epoch_s = round(time.perf_counter() - epoch_start, 3)
+        totals = train_epoch(models, x, labels, params, method, generator, optimizer, scheduler)
+        facts = {"epoch_s": round(time.perf_counter() - epoch_start, 3), "totals": totals}
         evaluated = (epoch + 1) % params.eval_step == 0 or epoch == params.epochs - 1
         restart = params.dead_code_restart and epoch < params.epochs - 1
         if not (evaluated or restart):
             continue
-        rates = {}
-        for name, model in models.items():
-            codes, residuals, _ = encode_all(model, x[name], params.batch_size, residuals=restart)
-            codes_np = codes.cpu().numpy()
-            rates[name] = collision_rate(codes_np)
-            entry = {"epoch": epoch, "collision_rate": rates[name], "epoch_s": epoch_s,
-                     **{k: v for k, v in totals.items() if k.startswith(name + "/")}}
-            if evaluated and (name not in best or rates[name] < best[name].rate):
-                # distances only for a new best: the two levels collision resolution ranks by
-                last, prev = params.num_levels - 1, max(params.num_levels - 2, 0)
-                dists = encode_all(model, x[name], params.batch_size, distance_levels=(last, prev))[2]
-                best[name] = ViewCodes(codes_np, dists[last], dists[prev], epoch, rates[name])
-            if restart:
-                entry["dead_codes_restarted"] = model.quantizer.restart_dead_codes(
-                    residuals, codes, generator, optimizer)
-            history[name].append(entry)
+        rates = check_epoch(models, x, params, epoch, evaluated, restart, best, history, generator, optimizer, facts)
         epochs.set_postfix_str(" ".join(f"{k}={v:.4f}" for k, v in rates.items()))
         logger.info(f"pre-stage epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in totals.items())
                     + " | collision " + ", ".join(f"{k}={v:.4f}" for k, v in rates.items()))
