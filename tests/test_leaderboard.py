@@ -159,11 +159,11 @@ def test_result_jsons_are_strict_json(workdir):
     assert strict_load(target) == {**old, "best_valid_score": None, "label": "TIGER"}
 
 
-def _hand_run(runs_dir, label, seed, ranks):
+def _hand_run(runs_dir, label, seed, ranks, model="M"):
     """A finished run of ``label`` whose users u0.. have the given target ranks (0 = not listed)."""
     import numpy as np
 
-    run = {"model": "M", "label": label, "epochs": 1, "seed": seed, "wall_time_s": 1.0, "machine": "m",
+    run = {"model": model, "label": label, "epochs": 1, "seed": seed, "wall_time_s": 1.0, "machine": "m",
            "settings_digest": "d", "test_result": {m: 0.1 for m in leaderboard.METRICS}}
     path = leaderboard.run_path(str(runs_dir), label, seed)
     with open(path, "w") as f:
@@ -194,3 +194,20 @@ def test_compare_pairs_rows_by_label_on_hand_made_ranks(tmp_path):
         leaderboard.comparisons(runs, rows, [("A one", "C")])
     with pytest.raises(SettingError, match="two row labels"):
         leaderboard.parse_comparisons(["A one"])
+
+
+def test_compare_names_a_row_by_its_model_when_the_model_has_one_row(tmp_path):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    _hand_run(runs_dir, "LCRec (small LM from scratch)", 2020, [1, 0, 2, 1], model="LCRec")
+    _hand_run(runs_dir, "TIGER", 2020, [0, 0, 1, 3], model="TIGER")
+    _hand_run(runs_dir, "MACRec", 2020, [1, 1, 1, 1], model="MACRec")
+    _hand_run(runs_dir, "MACRec w/o L_con", 2020, [2, 2, 2, 2], model="MACRec")
+    runs = leaderboard.load_runs(str(runs_dir))
+    rows = leaderboard.aggregate(runs)
+    [test] = leaderboard.comparisons(runs, rows, [("LCRec", "TIGER")])
+    assert (test["best"], test["runner_up"]) == ("LCRec (small LM from scratch)", "TIGER")
+    [test] = leaderboard.comparisons(runs, rows, [("MACRec", "TIGER")])   # the label wins over the model
+    assert test["best"] == "MACRec"
+    with pytest.raises(SettingError, match="no row labelled 'BERT4Rec'"):
+        leaderboard.comparisons(runs, rows, [("BERT4Rec", "TIGER")])

@@ -111,11 +111,19 @@ def parse_comparisons(items):
     return pairs
 
 
+def row_named(rows, name):
+    """The row labelled ``name``, else the only row of model ``name`` (a model's own label, such
+    as LCRec's "LCRec (small LM from scratch)", is known only once it has run); None otherwise."""
+    by_label = [r for r in rows if r["label"] == name]
+    by_model = [r for r in rows if r["model"] == name]
+    return by_label[0] if by_label else (by_model[0] if len(by_model) == 1 else None)
+
+
 def comparisons(runs, rows, pairs, metric=KEY_METRIC):
-    """Paired tests (per-user ``metric``) for each ``(label_a, label_b)`` pair of rows."""
-    by_label = {r["label"]: r for r in rows}
-    missing = sorted({lab for pair in pairs for lab in pair if lab not in by_label})
+    """Paired tests (per-user ``metric``) for each ``(a, b)`` pair of rows, each named by its label
+    or by its model when that model has one row."""
+    missing = sorted({name for pair in pairs for name in pair if row_named(rows, name) is None})
     if missing:
-        raise SettingError(f"--compare: no row labelled {', '.join(map(repr, missing))}; rows are "
-                           f"{', '.join(map(repr, by_label))}")
-    return [paired_test(runs, by_label[a], by_label[b], metric) for a, b in pairs]
+        raise SettingError(f"--compare: no row labelled {', '.join(map(repr, missing))} (nor one row of "
+                           f"such a model); rows are {', '.join(repr(r['label']) for r in rows)}")
+    return [paired_test(runs, row_named(rows, a), row_named(rows, b), metric) for a, b in pairs]
