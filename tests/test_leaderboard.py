@@ -196,6 +196,12 @@ def test_compare_pairs_rows_by_label_on_hand_made_ranks(tmp_path):
         leaderboard.parse_comparisons(["A one"])
 
 
+def test_an_unknown_compare_name_stops_the_leaderboard_before_any_run(tiny_dataset, workdir, monkeypatch):
+    monkeypatch.setattr(leaderboard.cli, "run_entry", lambda *a: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit, match="no row or model 'Nope'"):
+        leaderboard.main(_args(tiny_dataset, workdir / "lb", models="Pop") + ["--compare", "Pop|Nope"])
+
+
 def test_compare_names_a_row_by_its_model_when_the_model_has_one_row(tmp_path):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()

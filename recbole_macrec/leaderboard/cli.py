@@ -64,6 +64,17 @@ def check_finished_runs(todo, runs_dir, args, config_files, overrides):
             finished_run_matches(path, current_settings_digest(entry, args.dataset, seed, config_files, overrides))
 
 
+def check_compare_names(pairs, entries, runs_dir):
+    """Refuse, before anything runs, a ``--compare`` name that is neither a planned row's label or
+    model nor a finished run's."""
+    known = {name for e in entries for name in (e.label, e.model)}
+    known |= {name for run in load_runs(runs_dir) for name in (run["label"], run["model"])}
+    unknown = sorted({name for pair in pairs for name in pair if name not in known})
+    if unknown:
+        raise SettingError(f"--compare: no row or model {', '.join(map(repr, unknown))} in this leaderboard "
+                           f"(rows and models: {', '.join(map(repr, sorted(known)))})")
+
+
 def run_missing(todo, runs_dir, args, config_files, overrides):
     from tqdm import tqdm
 
@@ -97,6 +108,7 @@ def main(argv=None, prog=None):
         overrides = parse_overrides(args.set)
         pairs = parse_comparisons(args.compare)
         entries = planned_entries(args, config_files, overrides)
+        check_compare_names(pairs, entries, runs_dir)
         todo = [(e, 2020 + s) for e in entries for s in range(args.seeds)]
         check_finished_runs(todo, runs_dir, args, config_files, overrides)
         run_missing(todo, runs_dir, args, config_files, overrides)
