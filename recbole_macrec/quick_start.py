@@ -3,7 +3,6 @@
 Never imports ``recbole.quick_start`` (it imports ray, which breaks on numpy 2).
 """
 import contextlib
-import json
 import os
 import time
 from logging import getLogger
@@ -78,9 +77,7 @@ def code_level_result(config, dataset, model, recorder, semantic_ids):
 
     if semantic_ids is None or not config["single_spec"]:
         return None   # (several processes: each rank holds only its users' lists)
-    views = model.inference_views
-    with open(semantic_ids.report) as f:
-        report = json.load(f)
+    views, report = model.inference_views, semantic_ids.report
     per_view = {v["view"]: v for v in report["per_view"]}
     if report["method"] != "import" or per_view.get(views[0], {}).get("collision_rate_before", 0) == 0:
         return None
@@ -266,7 +263,7 @@ def result_record(run, trainer, best_valid_score, best_valid_result, test_result
     if getattr(trainer, "budget_plan", None):
         result["train_budget"] = trainer.budget_plan
     if run.semantic_ids is not None:
-        result["semantic_ids"] = semantic_id_summary(run.semantic_ids.report)
+        result["semantic_ids"] = semantic_id_summary(run.semantic_ids.report, run.semantic_ids.data_path)
     return result
 
 

@@ -28,11 +28,9 @@ def machine_description():
     return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
 
 
-def semantic_id_summary(report_path):
-    """The pre-stage report's method, folder and per-view collision figures."""
-    with open(report_path) as f:
-        report = json.load(f)
-    return {"method": report["method"], "folder": os.path.dirname(report_path),
+def semantic_id_summary(report, folder):
+    """The pre-stage ``report``'s method, its ``folder`` and the per-view collision figures."""
+    return {"method": report["method"], "folder": folder,
             "per_view": {v["view"]: {k: v[k] for k in ("collision_rate_before", "collision_rate_after",
                                                        "items_moved")} for v in report["per_view"]}}
 

@@ -305,14 +305,10 @@ def read_report(folder):
 @dataclass(frozen=True)
 class SemanticIdDataset:
     """Where the pre-stage put a run's dataset: ``data_path`` (the folder with the ``<view>_sid``
-    item features), the ``load_col`` that reads them, and the pre-stage's report."""
+    item features), the ``load_col`` that reads them, and the pre-stage's report (read once)."""
     data_path: str
     load_col: dict
-    fields: tuple
-
-    @property
-    def report(self):
-        return os.path.join(self.data_path, REPORT)
+    report: dict
 
 
 def semantic_id_dataset(config, views):
@@ -326,7 +322,7 @@ def semantic_id_dataset(config, views):
         item_cols = list(load_col.get("item") or [config["ITEM_ID_FIELD"]])
         load_col["item"] = item_cols + [f for f in fields if f not in item_cols]
     getLogger().info(f"semantic IDs from {data_path}: fields {list(fields)}")
-    return SemanticIdDataset(data_path, load_col, fields)
+    return SemanticIdDataset(data_path, load_col, read_report(data_path))
 
 
 def main(argv=None):
