@@ -23,7 +23,7 @@
 #   GR_BUDGET_S      training seconds of MACRec                (default 120); MQL4GRec gets its epochs
 #   GR_BUDGET_S_TIGER  training seconds of TIGER               (default 45); LC-Rec gets its epochs
 #   GR_EPOCHS, GR_EPOCHS_TIGER   fixed epochs instead of a budget (validated once, at the end)
-#   GR_BATCH      training rows per step of the generative models (default 1024, the yaml's)
+#   GR_BATCH      rows per optimiser step of the generative models (default 4096, the yaml's: the released step)
 #   PROFILE=1     benchmarks/profile_training.py for MACRec (old vs new path, host syncs)  (default 1)
 #   ABLATIONS=1   MACRec w/o implicit and w/o explicit (the terms that act on imported codes), MACRec's epochs
 #   BUILTINS=1    SASRec, GRU4Rec, BERT4Rec (BUILTIN_EPOCHS, default 5)
@@ -86,7 +86,7 @@ schedule() {  # schedule MODEL BUDGET_S FIXED_EPOCHS PARTNER: epochs args (fixed
   if [ -n "$same" ]; then echo "$same"; else echo "--gr_train_budget_s=$2"; fi
 }
 
-GR_BATCH=${GR_BATCH:-1024}   # rows per step; each row feeds every task (6 task samples for MACRec)
+GR_BATCH=${GR_BATCH:-4096}   # rows per optimiser step, in gr_grad_accum micro-batches (the yaml: 4 of 1024)
 GR_ARGS="--train_batch_size=$GR_BATCH --eval_batch_size=512"
 if [ "${PROFILE:-1}" = 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
   timeout 150 python3 "$ROOT/benchmarks/profile_training.py" --model=MACRec --dataset=Instruments --batches=10 \

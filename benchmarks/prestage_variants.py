@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = {
     "macrec": {"sid_method": "macrec", "sid_con_variant": "paper"},
     "macrec_wo_con": {"sid_method": "macrec", "sid_con_variant": "none"},
-    "macrec_released": {"sid_method": "macrec", "sid_con_variant": "released"},
+    "macrec_released": {"sid_method": "macrec", "sid_con_variant": "released", "sid_align_target": "quantized"},
     "rqvae": {"sid_method": "rqvae"},
     "rqvae_sinkhorn": {"sid_method": "rqvae_sinkhorn"},
 }

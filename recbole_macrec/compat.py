@@ -71,6 +71,12 @@ class _TorchWithTrustedLoad(types.ModuleType):
         return torch.load(f, *args, **kwargs)
 
 
+def trust_checkpoint(path):
+    """Let RecBole's trainer unpickle ``path`` in full: a checkpoint of this run that an earlier
+    process wrote (a resumed run's best epoch; its weights may hold a model's modules)."""
+    _TorchWithTrustedLoad.written.add(os.path.realpath(path))
+
+
 def _patch_trainer_torch_load():
     import recbole.trainer.trainer as trainer_module
 

@@ -197,9 +197,10 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     logger = getLogger()
     logger.info(config)
 
-    check = getattr(model_class, "check_settings", None)
-    if check is not None:   # every setting error before minutes of pre-stage
-        check(config)
+    for checked in (model_class, get_trainer(config["MODEL_TYPE"], config["model"])):
+        check = getattr(checked, "check_settings", None)
+        if check is not None:   # every setting error before minutes of pre-stage
+            check(config)
     check_dataset_files(config)
     semantic_ids = None
     if issubclass(model_class, SemanticIdRecommender):
@@ -224,7 +225,15 @@ def fit_and_test(run, saved):
     config = run.config
     train_data, valid_data, test_data = run.loaders
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, run.model)
+    trainer.run_identity = {"model": config["model"], "dataset": config["dataset"], "seed": config["seed"],
+                            "settings_digest": settings_digest(run.settings)}
     timer = PhaseTimer(trainer)
+    if config["resume"]:
+        if not hasattr(trainer, "resume_from"):
+            from recbole_macrec.errors import SettingError
+
+            raise SettingError(f"--resume: the trainer {type(trainer).__name__} keeps no resumable state")
+        trainer.resume_from(str(config["resume"]))
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -251,10 +260,13 @@ def result_record(run, trainer, best_valid_score, best_valid_result, test_result
         "epochs": trainer.epochs,   # as trained: memory-based models run 1, budgets plan their own
         "epochs_run": len(trainer.train_loss_dict),
         "best_valid_score": float(best_valid_score),
-        "valid_score_bigger": config["valid_metric_bigger"],
+        "valid_score_bigger": getattr(trainer, "valid_metric_bigger", config["valid_metric_bigger"]),
         "best_valid_result": metric_values(best_valid_result),
         "test_result": metric_values(test_result),
         "timing": timer.summary(),
+        "curve": getattr(trainer, "curve", None),
+        "best_epoch": getattr(trainer, "best_epoch", None),
+        "early_stopped": getattr(trainer, "stopped", None),
         "machine": machine_description(),
         "config_files": list(config_files or []),
         "settings": run.settings,
@@ -262,6 +274,10 @@ def result_record(run, trainer, best_valid_score, best_valid_result, test_result
     }
     if getattr(trainer, "budget_plan", None):
         result["train_budget"] = trainer.budget_plan
+    if getattr(trainer, "schedule", None):
+        result["schedule"] = trainer.schedule
+    if getattr(trainer, "resumed_at_epoch", None) is not None:
+        result["resumed_at_epoch"] = trainer.resumed_at_epoch
     if run.semantic_ids is not None:
         result["semantic_ids"] = semantic_id_summary(run.semantic_ids.report, run.semantic_ids.data_path)
     return result

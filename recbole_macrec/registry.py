@@ -68,9 +68,12 @@ def get_model(model_name):
 
 
 def get_trainer(model_type, model_name):
-    """The trainer registered with a plugin model, else RecBole's choice for the model."""
+    """The trainer registered with a plugin model, else RecBole's choice for the model, with the
+    plugin's epoch loop (learning curve, resumable state; :mod:`recbole_macrec.trainer.epoch_loop`)."""
+    from recbole_macrec.trainer.epoch_loop import with_epoch_loop
+
     if model_name in PLUGIN_MODELS:
-        return _load(PLUGIN_MODELS[model_name][1])
+        return with_epoch_loop(_load(PLUGIN_MODELS[model_name][1]))
     from recbole.utils import get_trainer as recbole_get_trainer
 
-    return recbole_get_trainer(model_type, model_name)
+    return with_epoch_loop(recbole_get_trainer(model_type, model_name))

@@ -22,6 +22,7 @@ class PhaseTimer:
         self._train, self._valid = trainer._train_epoch, trainer._valid_epoch
         trainer._train_epoch = self.timed(self._train, self.train_epoch_s)
         trainer._valid_epoch = self.timed(self._valid, self.valid_s)
+        trainer.timer = self   # a resumable trainer saves and restores the seconds of earlier epochs
 
     def timed(self, fn, seconds):
         def wrapper(*args, **kwargs):
@@ -40,6 +41,15 @@ class PhaseTimer:
         synchronize(self.trainer.device)
         self.test_s = round(time.perf_counter() - start, 3)
         return result
+
+    def state(self):
+        return {"train_epoch_s": list(self.train_epoch_s), "valid_s": list(self.valid_s)}
+
+    def load(self, state):
+        """Continue the lists of a resumed run (``state``: what :meth:`state` returned)."""
+        if state:
+            self.train_epoch_s[:] = state["train_epoch_s"]
+            self.valid_s[:] = state["valid_s"]
 
     def summary(self):
         return {"train_epoch_s": self.train_epoch_s, "valid_s": self.valid_s, "test_s": self.test_s}

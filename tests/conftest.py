@@ -61,6 +61,7 @@ def tiny_config_dict(data_path, **extra):
         "use_gpu": False,
         "checkpoint_dir": "saved",
         "log_wandb": False,
+        "gr_grad_accum": 1,
     }
     cfg.update(extra)
     return cfg

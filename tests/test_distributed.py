@@ -76,7 +76,8 @@ def test_two_cpu_processes_train_in_step_and_evaluate_every_user_once(tiny_datas
     assert len(saved["users"]) == len(set(saved["users"].tolist())) == 40
     # the distributed test result equals one process evaluating the same (best) weights
     config, _, (_, _, test_data), model, *_ = build_run(model_name, "tiny", config_dict={**cfg, "results_dir": str(out)})
-    [checkpoint] = (workdir / "saved").glob(f"{model_name}-*.pth")     # only rank 0 saves
+    [checkpoint] = [p for p in (workdir / "saved").glob(f"{model_name}-*.pth")   # only rank 0 saves
+                    if not p.name.endswith(".state.pth")]
     model.load_state_dict(torch.load(checkpoint, weights_only=False)["state_dict"])
     single = get_trainer(config["MODEL_TYPE"], config["model"])(config, model).evaluate(test_data, load_best_model=False)
     for metric, value in result["test_result"].items():

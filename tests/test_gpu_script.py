@@ -44,7 +44,7 @@ def test_dry_run_schedules_budgets_and_fixed_epochs(workdir):
         "TIGER --gr_train_budget_s=30 --train_batch_size=64 --eval_batch_size=512"]
     proc = _run_script(workdir, workdir / "out", DRY_RUN="1", INSTRUMENTS_SRC=str(workdir / "src"),
                        MODELS="MACRec MQL4GRec", GR_EPOCHS="3")
-    assert _would_run(proc) == [f"{m} --epochs=3 --eval_step=3 --train_batch_size=1024 --eval_batch_size=512"
+    assert _would_run(proc) == [f"{m} --epochs=3 --eval_step=3 --train_batch_size=4096 --eval_batch_size=512"
                                 for m in ("MACRec", "MQL4GRec")]
 
 

@@ -40,6 +40,35 @@ def test_two_models_two_seeds_write_all_files(tiny_dataset, workdir):
     assert sasrec["test_s"] == pytest.approx(sum(t["test_s"] for t in timings) / 2)
     assert sasrec["epoch_s"] == pytest.approx(sum(t["train_epoch_s"][0] for t in timings) / 2)
     assert "s/epoch" in md and "test s" in md
+    assert (out / "curves.png").is_file() and sasrec["early_stopped"] == "0/2" and sasrec["best_epoch"] >= 1
+
+
+def _curve_run(label, lrs, scores, bigger=True):
+    curve = [{"epoch": e, "lr_start": a, "lr_end": b, "train_loss": 1.0 / (e + 1), "steps": 1, "seconds": 1.0,
+              "valid_score": v} for e, ((a, b), v) in enumerate(zip(lrs, scores))]
+    return {"label": label, "model": label, "epochs": len(curve), "seed": 2020, "wall_time_s": 1.0, "machine": "m",
+            "test_result": {m: 0.1 for m in leaderboard.METRICS}, "curve": curve, "best_epoch": 0,
+            "early_stopped": False, "valid_score_bigger": bigger}
+
+
+def test_rows_whose_lr_reached_zero_or_that_did_not_learn_are_flagged(tmp_path):
+    from recbole_macrec.leaderboard.stats import curve_flags
+
+    fine = _curve_run("Fine", [(1e-3, 5e-4), (5e-4, 0.0)], [0.1, 0.2])
+    lr_zero = _curve_run("Stalled", [(1e-3, 0.0), (0.0, 0.0)], [0.1, 0.2])
+    flat = _curve_run("Flat", [(1e-3, 5e-4), (5e-4, 1e-4), (1e-4, 0.0)], [0.3, 0.3, 0.2])
+    loss = _curve_run("Loss", [(1e-3, 5e-4), (5e-4, 0.0)], [2.0, 1.5], bigger=False)
+    assert curve_flags(fine) == [] and curve_flags(loss) == []
+    assert curve_flags(lr_zero) == ["LR reached 0 before its last epoch"]
+    assert curve_flags(flat) == ["did not learn (validation never improved after its first evaluation)"]
+    rows = leaderboard.aggregate([fine, lr_zero, flat])
+    md = leaderboard.markdown("toy", rows, None, {}, [])
+    assert "Stalled (seed 2020): LR reached 0 before its last epoch" in md
+    assert "Flat (seed 2020): did not learn" in md and "Fine (seed" not in md
+    from recbole_macrec.leaderboard.render import plot_curves
+
+    assert plot_curves([fine, lr_zero, flat], str(tmp_path / "curves.png"), "toy")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
 def test_rows_without_timing_records_show_a_dash():
@@ -47,7 +76,7 @@ def test_rows_without_timing_records_show_a_dash():
            "test_result": {m: 0.1 for m in leaderboard.METRICS}}
     rows = leaderboard.aggregate([run])
     assert rows[0]["epoch_s"] is None and rows[0]["test_s"] is None
-    assert "| — | — | 5 | m |" in leaderboard.markdown("toy", rows, None, {}, [])
+    assert "| — | — | — | — | 5 | m |" in leaderboard.markdown("toy", rows, None, {}, [])
 
 
 def test_interrupted_leaderboard_resumes_without_redoing_finished_runs(tiny_dataset, workdir, monkeypatch):
@@ -77,15 +106,15 @@ def test_unknown_model_is_rejected_before_anything_runs(tiny_dataset, workdir, m
 
 def test_ablation_preset_rows():
     entries = leaderboard.entries_for([], "ablation")
-    assert [e.label for e in entries] == ["MACRec", "MACRec w/o L_con", "MACRec w/o L_align",
-                                          "MACRec w/o implicit", "MACRec w/o explicit"]
+    assert [e.label for e in entries] == ["MACRec", "MACRec w/o L_con", "MACRec released L_con",
+                                          "MACRec w/o L_align", "MACRec w/o implicit", "MACRec w/o explicit"]
     assert all(os.path.isfile(f) for e in entries for f in e.config_files)
 
 
 def test_ablation_preset_leaves_out_prestage_terms_on_imported_codes(capsys, tiny_dataset, workdir, monkeypatch):
     entries = leaderboard.entries_for([], "ablation", sid_method="import")
     assert [e.label for e in entries] == ["MACRec", "MACRec w/o implicit", "MACRec w/o explicit"]
-    assert "wo_con, wo_align left out" in capsys.readouterr().err
+    assert "wo_con, released_con, wo_align left out" in capsys.readouterr().err
     # the dataset's own sid_method decides (Instruments.yaml imports the published codes)
     seen = []
     monkeypatch.setattr(leaderboard.cli, "run_entry", lambda entry, *a: seen.append(entry.label))
@@ -217,3 +246,31 @@ def test_compare_names_a_row_by_its_model_when_the_model_has_one_row(tmp_path):
     assert test["best"] == "MACRec"
     with pytest.raises(SettingError, match="no row labelled 'BERT4Rec'"):
         leaderboard.comparisons(runs, rows, [("BERT4Rec", "TIGER")])
+
+
+def test_a_killed_leaderboard_run_resumes_from_its_saved_state(tiny_dataset, workdir, monkeypatch):
+    """A run the leaderboard started keeps its state in <out>/checkpoints/<row>-seed<seed>/; the
+    next leaderboard call hands it to the runner as --resume, and refuses, before anything runs,
+    a state made with other settings (unless --rerun)."""
+    from recbole_macrec.leaderboard import runs
+
+    out = workdir / "lb"
+    args = _args(tiny_dataset, out, models="SASRec", seeds=1) + ["epochs=2"]
+    leaderboard.main(args)
+    folder = runs.checkpoint_dir(str(out / "runs"), "SASRec", 2020)
+    state = runs.saved_state(folder)
+    assert state is not None and state.startswith(folder)
+    os.remove(out / "runs" / "SASRec-seed2020.json")   # as if killed after its last epoch
+    seen = []
+    import recbole_macrec.quick_start as quick_start
+
+    original = quick_start.run_recbole
+    monkeypatch.setattr(quick_start, "run_recbole", lambda *a, **k: seen.append(k["config_dict"]["resume"]) or original(*a, **k))
+    leaderboard.main(args)
+    assert seen == [state]
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["runs"][0]["resumed_at_epoch"] == 2
+    os.remove(out / "runs" / "SASRec-seed2020.json")
+    monkeypatch.setattr(leaderboard.cli, "run_entry", lambda *a: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit, match="a killed run of this row made with other settings"):
+        leaderboard.main(_args(tiny_dataset, out, models="SASRec", seeds=1) + ["epochs=3"])

@@ -273,7 +273,7 @@ def test_mixture_implicit_term_pairs_each_item_rows_source_and_target_ids(tiny_d
     model, _, data = build_model("MACRec", tiny_dataset)
     model.eval()
     batch = _mixture_batch(model, data)
-    losses = model.mixture_losses(batch)
+    losses = model.mixture_losses(batch)[0]
     a, b = [], []
     for r in range(len(batch)):
         task = model.mixture_tasks[int(batch[TASK_FIELD][r])]

@@ -171,6 +171,40 @@ def test_paper_alignment_trains_the_codebooks():
     assert all(_grad_difference([b], [b0]) > 1e-6 for b, b0 in zip(books, books0))
 
 
+def _align_grads(con_variant, align_target):
+    """(encoder, codebooks) gradients of L_align alone: the batch loss with and without it."""
+    small = dict(num_levels=3, codebook_size=4, e_dim=8, encoder_layers=(16,), projection_dim=0,
+                 pseudo_label_k=4, con_weights=(0, 0, 0), con_variant=con_variant, align_target=align_target)
+    enc0, books0, _ = _batch_grads(_tiny_params(**small, align_weight=0.0))
+    enc, books, _ = _batch_grads(_tiny_params(**small, align_weight=0.5))
+    return _grad_difference(enc, enc0), _grad_difference(books, books0)
+
+
+@pytest.mark.parametrize("con_variant", ["paper", "none", "released"])
+def test_alignment_path_follows_its_own_setting_whatever_the_contrastive_variant(con_variant):
+    """w/o L_con removes L_con alone: its L_align trains the codebooks and not the encoder, as the
+    full model's does ('codeword_sum'); 'quantized' (the released code) trains the encoder only."""
+    encoder, codebooks = _align_grads(con_variant, "codeword_sum")
+    assert codebooks > 1e-6 and encoder == 0
+    encoder, codebooks = _align_grads(con_variant, "quantized")
+    assert encoder > 1e-6 and codebooks == 0
+
+
+def test_variant_yamls_name_their_alignment_path():
+    import yaml
+
+    from conftest import ROOT
+
+    def setting(name, key):
+        return yaml.safe_load((ROOT / "properties" / "ablation" / f"{name}.yaml").read_text())[key]
+
+    defaults = yaml.safe_load((ROOT / "properties" / "semantic_ids.yaml").read_text())
+    assert defaults["sid_con_variant"] == "paper" and defaults["sid_align_target"] == "codeword_sum"
+    assert setting("wo_con", "sid_con_variant") == "none" and setting("wo_con", "sid_align_target") == "codeword_sum"
+    assert setting("released_con", "sid_con_variant") == "released"
+    assert setting("released_con", "sid_align_target") == "quantized"
+
+
 def _released_con_by_hand(z_a, z_b, books_a, books_b, temperature):
     """The released objective in numpy: per level, nearest codeword, InfoNCE with self positives
     on the L2-normalised residual (denominator over the whole batch), both views, mean over levels."""

@@ -7,7 +7,8 @@ import sys
 from recbole_macrec.errors import DataError, SettingError
 from recbole_macrec.leaderboard.entries import current_settings_digest, entries_for, label_entries
 from recbole_macrec.leaderboard.render import update_readme, write_outputs
-from recbole_macrec.leaderboard.runs import finished_run_matches, ingest, load_runs, run_entry, run_path
+from recbole_macrec.leaderboard.runs import (check_saved_state, checkpoint_dir, finished_run_matches, ingest, load_runs,
+                                             run_entry, run_path)
 from recbole_macrec.leaderboard.stats import parse_comparisons
 
 FIXABLE = (SettingError, DataError)
@@ -57,11 +58,16 @@ def planned_entries(args, config_files, overrides):
 
 
 def check_finished_runs(todo, runs_dir, args, config_files, overrides):
-    """Refuse, before anything runs, to resume into a finished run made with other settings."""
+    """Refuse, before anything runs, to resume into a finished or killed run made with other settings."""
     for entry, seed in todo:
+        if args.rerun:
+            continue
+        digest = current_settings_digest(entry, args.dataset, seed, config_files, overrides)
         path = run_path(runs_dir, entry.label, seed)
-        if os.path.isfile(path) and not args.rerun:
-            finished_run_matches(path, current_settings_digest(entry, args.dataset, seed, config_files, overrides))
+        if os.path.isfile(path):
+            finished_run_matches(path, digest)
+        else:
+            check_saved_state(checkpoint_dir(runs_dir, entry.label, seed), digest)
 
 
 def check_compare_names(pairs, entries, runs_dir):
@@ -83,7 +89,7 @@ def run_missing(todo, runs_dir, args, config_files, overrides):
             print(f"{entry.label} seed {seed}: finished earlier with the same settings, kept", file=sys.stderr)
             continue
         try:
-            run_entry(entry, args.dataset, seed, config_files, overrides, runs_dir)
+            run_entry(entry, args.dataset, seed, config_files, overrides, runs_dir, args.rerun)
         except (*FIXABLE, FileNotFoundError) as err:
             raise SettingError(f"{entry.label} seed {seed}: {err}") from err
 

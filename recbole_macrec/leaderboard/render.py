@@ -54,6 +54,11 @@ def _fmt(row, m, best):
     return f"**{text}**" if best.get(m) == row[m] else text
 
 
+def _best_epoch(row):
+    value = row.get("best_epoch")
+    return "—" if value is None else f"{value:g}"
+
+
 def _seconds(value):
     return "—" if value is None else (f"{value:.1f}" if value < 100 else f"{value:.0f}")
 
@@ -67,23 +72,32 @@ def markdown(dataset, rows, sig, published, collisions, tests=()):
     lines = [f"### {dataset}", "",
              "| model | epochs | seeds | " + " | ".join(name(m) for m in shown)
              + "".join(f" | code {name(m)}" for m in code_cols)
-             + " | s/epoch | test s | wall s | machine |", "|" + "---|" * (len(shown) + len(code_cols) + 7)]
+             + " | best ep | early stop | s/epoch | test s | wall s | machine |",
+             "|" + "---|" * (len(shown) + len(code_cols) + 9)]
     for row in rows:
         code = row.get("code_level") or {}
         lines.append(f"| {row['label']} | {row['epochs_run']} | {len(row['seeds'])} | "
                      + " | ".join(_fmt(row, m, best) for m in shown)
                      + "".join(f" | {code[m]:.4f}" if m in code else " | —" for m in code_cols)
+                     + f" | {_best_epoch(row)} | {row.get('early_stopped') or '—'}"
                      + f" | {_seconds(row.get('epoch_s'))} | {_seconds(row.get('test_s'))}"
                      + f" | {row['wall_time_s']:.0f} | {row['machine']} |")
     for model, values in published.items():
         paper = " | ".join(f"*{values[m]:.4f}*" if m in values else "—" for m in shown)
         code = "".join(f" | *{values[m]:.4f}*" if m in values else " | —" for m in code_cols)
-        lines.append(f"| *{model} (paper)* | | | {paper}{code} | | | | |")
+        lines.append(f"| *{model} (paper)* | | | {paper}{code} | | | | | | |")
     lines.append("")
     lines.append("Test set, leave-one-out, full ranking over all items; mean ± std over seeds; best of "
                  "our rows in bold; *(paper)* rows are published numbers; epochs = epochs trained "
                  "(early stopping may end a run before its budget); s/epoch = median training epoch, "
-                 "test s = the test pass (— where a run predates these records).")
+                 "test s = the test pass; best ep = the epoch validation selected (1-based, mean over "
+                 "seeds); early stop = runs that early stopping ended, of those with a learning "
+                 "curve (— where a run predates these records).")
+    flagged = [f"{row['label']} (seed {seed}): {'; '.join(flags)}" for row in rows
+               for seed, flags in sorted((row.get("flags") or {}).items())]
+    if flagged:
+        lines.append("")
+        lines.append("**Learning-curve flags** (`curves.png`): " + " | ".join(flagged) + ".")
     if coded:
         lines.append("code HR/NDCG: computed as the released evaluation does, on the published codes "
                      "before collision resolution (a prediction of a code that several items share "
@@ -131,10 +145,53 @@ def plot(rows, path, dataset):
     plt.close(fig)
 
 
+def plot_curves(runs, path, dataset):
+    """One panel per row label: validation score (the selection metric; solid, left axis) and
+    mean training loss (dashed, right axis) against the epoch, one colour per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({r["label"] for r in runs if r.get("curve")})
+    if not labels:
+        return False
+    cols = min(3, len(labels))
+    rows_n = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.2 * rows_n), squeeze=False)
+    for ax, label in zip(axes.flat, labels):
+        loss_ax = ax.twinx()
+        for i, run in enumerate(sorted((r for r in runs if r["label"] == label and r.get("curve")),
+                                       key=lambda r: r["seed"])):
+            colour = f"C{i}"
+            curve = run["curve"]
+            valid = [(c["epoch"] + 1, c["valid_score"]) for c in curve if "valid_score" in c]
+            if valid:
+                ax.plot(*zip(*valid), color=colour, marker="o", ms=2.5, label=f"seed {run['seed']}")
+            loss_ax.plot([c["epoch"] + 1 for c in curve], [c["train_loss"] for c in curve], color=colour,
+                         ls="--", alpha=0.6)
+            if run.get("best_epoch") is not None:
+                ax.axvline(run["best_epoch"] + 1, color=colour, lw=0.6, alpha=0.5)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid score (solid)", fontsize=8)
+        loss_ax.set_ylabel("train loss (dashed)", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(labels):]:
+        ax.axis("off")
+    fig.suptitle(f"{dataset}: learning curves (validation score: the selection metric, NDCG@10 unless a "
+                 f"run selects on its validation loss)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def csv_table(rows):
     """The rows as csv text: every metric with its std over seeds, timings and machine."""
     columns = ["label", "model", "epochs", "epochs_run", "seeds"] + [c for m in METRICS for c in (m, m + "_std")] \
-        + ["epoch_s", "test_s", "wall_time_s", "machine"]
+        + ["best_epoch", "early_stopped", "epoch_s", "test_s", "wall_time_s", "machine"]
     out = io.StringIO()
     writer = csv.DictWriter(out, columns)
     writer.writeheader()
@@ -156,6 +213,7 @@ def write_outputs(out_dir, dataset, runs, pairs=()):
         "runs": [{k: v for k, v in r.items() if k != "path"} | {"file": os.path.basename(r["path"])} for r in runs]})
     if rows:
         plot(rows, os.path.join(out_dir, "leaderboard.png"), dataset)
+        plot_curves(runs, os.path.join(out_dir, "curves.png"), dataset)
     return rows
 
 

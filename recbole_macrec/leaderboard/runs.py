@@ -24,13 +24,46 @@ def run_path(runs_dir, label, seed):
     return os.path.join(runs_dir, f"{slug(label)}-seed{seed}.json")
 
 
-def run_entry(entry, dataset, seed, config_files, overrides, runs_dir):
-    """Train and test one (entry, seed); the run's files appear in ``runs_dir`` only when done."""
+def checkpoint_dir(runs_dir, label, seed):
+    """Where the run of (``label``, ``seed``) keeps its best checkpoint and resumable state:
+    ``<out>/checkpoints/<label>-seed<seed>/`` (not part of the committed results)."""
+    return os.path.join(os.path.dirname(os.path.abspath(runs_dir)), "checkpoints", f"{slug(label)}-seed{seed}")
+
+
+def saved_state(folder):
+    """The newest resumable state file in ``folder``, or None."""
+    from recbole_macrec.trainer.epoch_loop import STATE_SUFFIX
+
+    found = sorted(glob.glob(os.path.join(folder, "*" + STATE_SUFFIX)), key=os.path.getmtime)
+    return found[-1] if found else None
+
+
+def check_saved_state(folder, digest):
+    """Refuse, naming the file, a killed run's state made with other settings than ``digest``."""
+    from recbole_macrec.trainer.epoch_loop import read_state
+
+    state = saved_state(folder)
+    if state is None:
+        return
+    if read_state(state)["identity"].get("settings_digest") != digest:
+        raise SettingError(f"{state}: a killed run of this row made with other settings; use another --out, "
+                           f"or --rerun to start it anew")
+
+
+def run_entry(entry, dataset, seed, config_files, overrides, runs_dir, rerun=False):
+    """Train and test one (entry, seed); the run's files appear in ``runs_dir`` only when done. A
+    run killed earlier continues from its last finished epoch (its state in :func:`checkpoint_dir`);
+    ``rerun`` starts it anew."""
     from recbole_macrec.quick_start import run_recbole
 
+    folder = checkpoint_dir(runs_dir, entry.label, seed)
+    if rerun and os.path.isdir(folder):
+        shutil.rmtree(folder)
+    resume = saved_state(folder)
     with tempfile.TemporaryDirectory() as tmp:
         result = run_recbole(entry.model, dataset, config_file_list=config_files + entry.config_files,
-                             config_dict={**overrides, "seed": seed, "results_dir": tmp})
+                             config_dict={**overrides, "seed": seed, "results_dir": tmp,
+                                          "checkpoint_dir": folder, "resume": resume})
         if entry.label != entry.model:   # a preset's row name (ablations); else the model's own label
             result["label"] = entry.label
         target = run_path(runs_dir, entry.label, seed)

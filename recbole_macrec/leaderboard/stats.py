@@ -25,6 +25,33 @@ def timing_summary(group):
     return (float(np.mean(epochs)) if epochs else None), (float(np.mean(tests)) if tests else None)
 
 
+def curve_flags(run):
+    """What a run's learning curve shows went wrong (a list of short phrases): the learning rate
+    at 0 before the last epoch (a schedule sized on fewer steps than trained), or a validation
+    score that never improved after its first evaluation ("did not learn")."""
+    curve = run.get("curve") or []
+    flags = []
+    if any(c["lr_start"] == 0 for c in curve) or any(c["lr_end"] == 0 for c in curve[:-1]):
+        flags.append("LR reached 0 before its last epoch")
+    scores = [c["valid_score"] for c in curve if "valid_score" in c]
+    bigger = run.get("valid_score_bigger", True)
+    if len(scores) > 1 and not any((s > scores[0]) if bigger else (s < scores[0]) for s in scores[1:]):
+        flags.append("did not learn (validation never improved after its first evaluation)")
+    return flags
+
+
+def curve_summary(group):
+    """A row's curve facts over its runs: the best epoch (1-based, mean over runs), how many
+    runs early stopping ended, and each run's flags by seed (None where runs predate curves)."""
+    with_curve = [r for r in group if r.get("curve")]
+    if not with_curve:
+        return {"best_epoch": None, "early_stopped": None, "flags": {}}
+    best = [r["best_epoch"] + 1 for r in with_curve if r.get("best_epoch") is not None]
+    return {"best_epoch": float(np.mean(best)) if best else None,
+            "early_stopped": f"{sum(bool(r.get('early_stopped')) for r in with_curve)}/{len(with_curve)}",
+            "flags": {str(r["seed"]): curve_flags(r) for r in with_curve if curve_flags(r)}}
+
+
 def aggregate(runs):
     """One row per (label, epochs, settings): mean and std over seeds of every test metric. Runs of
     one label with different recorded settings are different rows (their labels get the settings
@@ -43,6 +70,7 @@ def aggregate(runs):
                "seeds": sorted(r["seed"] for r in group),
                "wall_time_s": float(np.mean([r["wall_time_s"] for r in group])),
                **dict(zip(("epoch_s", "test_s"), timing_summary(group))),
+               **curve_summary(group),
                "machine": ", ".join(sorted({r["machine"] for r in group}))}
         for m in METRICS:
             values = np.array([r["test_result"][m] for r in group])

@@ -76,14 +76,24 @@ class MACRec(EncoderDecoderRecommender):
         a, b = self.pooled_item_states(items).float()
         return implicit_alignment_loss(a, b, self.implicit_temperature, self.implicit_bidirectional)
 
+    def task_mixture(self):
+        """The released mixture; when the implicit term is on but no item task trains (w/o
+        explicit), it still gets its pairs: one ``"pair"`` row per catalogue item per direction,
+        as the two item tasks would give, which carry no generation loss."""
+        entries = super().task_mixture()
+        if entries is None or self.implicit_weight <= 0 or any(kind == "item" for _, kind in entries):
+            return entries
+        return entries + [("item_v1_to_v2", "pair"), ("item_v2_to_v1", "pair")]
+
     def mixture_implicit_loss(self, interaction, n_item_rows):
-        """``gr_task_mix: released``: over the step's ``n_item_rows`` item-task rows, as the
-        released code does: each row's source ID (the item in the source view, + eos) against its
-        target ID (in the other view)."""
+        """``gr_task_mix: released``: over the step's ``n_item_rows`` item rows (item tasks or
+        implicit pairs), as the released code does: each row's source ID (the item in the source
+        view, + eos) against its target ID (in the other view)."""
         task = interaction[TASK_FIELD]
-        is_item = torch.tensor([self.task_kind(t) == "item" for t in self.mixture_tasks], device=task.device)
-        source_view = torch.tensor([TASKS[t][0] if self.task_kind(t) == "item" else 0
-                                    for t in self.mixture_tasks], device=task.device)
+        entries = self.task_mixture()
+        is_item = torch.tensor([kind != "seq" for _, kind in entries], device=task.device)
+        source_view = torch.tensor([TASKS[t][0] if kind != "seq" else 0 for t, kind in entries],
+                                   device=task.device)
         rows = torch.argsort((~is_item[task]).to(torch.int8), stable=True)[:n_item_rows]
         items, src = interaction[self.POS_ITEM_ID][rows], source_view[task[rows]]
         ids = stack_rows([self.target_tokens(view, items) for view in self.views[:2]], src, PAD)
@@ -98,14 +108,14 @@ class MACRec(EncoderDecoderRecommender):
         return losses
 
     def mixture_losses(self, interaction):
-        losses = super().mixture_losses(interaction)
+        losses, tokens = super().mixture_losses(interaction)
         if self.implicit_weight > 0:
-            kinds = torch.tensor([self.task_kind(t) == "item" for t in self.mixture_tasks],
+            kinds = torch.tensor([kind != "seq" for _, kind in self.task_mixture()],
                                  device=interaction[TASK_FIELD].device)
             n_item_rows = int(kinds[interaction[TASK_FIELD]].sum())
             if n_item_rows > 1:   # InfoNCE needs negatives
                 losses["implicit"] = self.implicit_weight * self.mixture_implicit_loss(interaction, n_item_rows)
-        return losses
+        return losses, tokens
 
     def fuse(self, per_view, interaction):
         if len(per_view) == 1:

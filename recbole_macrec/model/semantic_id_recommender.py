@@ -116,8 +116,9 @@ class SemanticIdRecommender(SequentialRecommender):
 
     # ---- training ----------------------------------------------------------------------------
     def task_mixture(self):
-        """``[(task, kind)]`` of the tasks a mixture epoch holds, or None with
-        ``gr_task_mix: per_batch``."""
+        """``[(task, kind)]`` of the entries a mixture epoch holds (kind ``"seq"``: one row per
+        training row; ``"item"``: one per catalogue item; ``"pair"``: like ``"item"``, for a loss on
+        the item's IDs alone, no generation), or None with ``gr_task_mix: per_batch``."""
         if self.task_mix != "released":
             return None
         return [(task, self.task_kind(task)) for task in self.mixture_tasks]
@@ -147,21 +148,45 @@ class SemanticIdRecommender(SequentialRecommender):
         return losses
 
     def mixture_losses(self, interaction):
-        """``{"tasks": mean target-token cross-entropy of the step (task weights applied)}`` for a
-        batch of :class:`TaskMixtureLoader`: row ``r`` built as task
-        ``mixture_tasks[interaction[TASK_FIELD][r]]``, all rows in one forward pass."""
+        """``({"tasks": mean target-token cross-entropy of the step (task weights applied)},
+        target tokens)`` for a batch of :class:`TaskMixtureLoader`: row ``r`` built as entry
+        ``task_mixture()[interaction[TASK_FIELD][r]]``, all rows in one forward pass. Rows of an
+        entry that trains no generation (kind ``"pair"``) carry no target token."""
         max_len = max(1, int(interaction[self.ITEM_SEQ_LEN].max()))   # one host sync
         task = interaction[TASK_FIELD]
-        built = [self.task_rows(t, interaction, max_len) for t in self.mixture_tasks]
+        entries = self.task_mixture()
+        built = [self.task_rows(t, interaction, max_len) for t, _ in entries]
         rows = tuple(stack_rows([b[i] for b in built], task, pad) for i, pad in enumerate(self.row_pads))
+        generates = [kind != "pair" for _, kind in entries]
+        if not all(generates):
+            label = len(rows) - 1   # the targets: the last of a task's rows
+            silent = ~torch.tensor(generates, device=task.device)[task]
+            rows = rows[:label] + (rows[label].masked_fill(silent[:, None], self.row_pads[label]),)
         token_loss, valid = self.token_losses(rows)
-        weights = torch.tensor([self.task_weights[t] for t in self.mixture_tasks], device=task.device)
-        return {"tasks": row_token_mean(token_loss, valid, weights[task])}
+        weights = torch.tensor([self.task_weights.get(t, 0.0) for t, _ in entries], device=task.device)
+        return {"tasks": row_token_mean(token_loss, valid, weights[task])}, valid.sum()
+
+    def calculate_loss_and_weight(self, interaction):
+        """``(loss, weight)``: the step's loss and what it averages over (target tokens under the
+        released mixture, rows under ``per_batch``), so that gradient accumulation can weight
+        micro-batches as one pass over their union would."""
+        if TASK_FIELD in interaction:
+            losses, tokens = self.mixture_losses(interaction)
+            return sum(losses.values()), tokens
+        return sum(self.task_losses(interaction).values()), len(interaction)
 
     def calculate_loss(self, interaction):
-        if TASK_FIELD in interaction:
-            return sum(self.mixture_losses(interaction).values())
-        return sum(self.task_losses(interaction).values())
+        return self.calculate_loss_and_weight(interaction)[0]
+
+    def validation_task(self):
+        """The task whose loss the validation loss is (the released fine-tuning validates seqrec)."""
+        return "seqrec"
+
+    def validation_loss_terms(self, interaction):
+        """``(sum, count)`` of the target-token cross-entropy of :meth:`validation_task` on
+        ``interaction`` (history and held-out item)."""
+        token_loss, valid = self.token_losses(self.task_rows(self.validation_task(), interaction))
+        return (token_loss * valid).sum(), valid.sum()
 
     # ---- scoring and decoding ----------------------------------------------------------------
     def trie(self, view):

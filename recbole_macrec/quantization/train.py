@@ -24,6 +24,7 @@ from recbole_macrec.quantization.rqvae import RQVAE
 METHODS = ("rqvae", "rqvae_sinkhorn", "macrec", "import")
 TRAINED_METHODS = METHODS[:3]
 CON_VARIANTS = ("paper", "released", "none")
+ALIGN_TARGETS = ("codeword_sum", "quantized")
 COLLISION_STRATEGIES = ("reassign", "sinkhorn", "extra_level")
 LR_SCHEDULES = ("constant", "linear")
 
@@ -66,6 +67,7 @@ class QuantizerParams:
     con_variant: str = "paper"
     con_weights: tuple = (0.0, 0.0, 0.1, 0.1)
     align_weight: float = 0.001
+    align_target: str = "codeword_sum"
     temperature: float = 0.1
     sinkhorn_epsilon: float = 0.003
     sinkhorn_iters: int = 50
@@ -104,6 +106,9 @@ class QuantizerParams:
         if self.con_variant not in CON_VARIANTS:
             raise SettingError(f"sid_con_variant must be one of {', '.join(CON_VARIANTS)}, got "
                                f"'{self.con_variant}'")
+        if self.align_target not in ALIGN_TARGETS:
+            raise SettingError(f"sid_align_target must be one of {', '.join(ALIGN_TARGETS)}, got "
+                               f"'{self.align_target}'")
         if self.collision not in COLLISION_STRATEGIES:
             raise SettingError(f"sid_collision must be one of {', '.join(COLLISION_STRATEGIES)}, got "
                                f"'{self.collision}'")
@@ -180,11 +185,12 @@ def contrastive_parts(out_a, out_b, labels_a, labels_b, params, generator):
     """MACRec's cross-modal terms ``{name: weighted loss}`` for two views' RQ-VAE outputs.
 
     ``paper``: level ``l`` adds ``con_weights[l]`` x InfoNCE on the gradient-carrying residuals
-    with positives from the other view's clusters; the alignment reads the sum of the chosen
-    codewords (the paper's formula, so it trains the codebooks). ``released``: the released
-    code's objective exactly: self positives on the straight-through residuals of every level,
-    averaged over the levels (so only level 0 trains anything), alignment on the
-    straight-through quantized vectors. ``none``: no contrastive term."""
+    with positives from the other view's clusters. ``released``: the released code's term
+    exactly: self positives on the straight-through residuals of every level, averaged over the
+    levels (so only level 0 trains anything). ``none``: no contrastive term. The alignment reads
+    ``align_target``, whatever the variant: ``codeword_sum`` (the paper's formula: the sum of the
+    chosen codewords, so it trains the codebooks) or ``quantized`` (the released code: the
+    straight-through quantized vector, so it trains the encoder)."""
     parts = {}
     if params.con_variant == "paper":
         for level, weight in enumerate(params.con_weights):
@@ -197,7 +203,7 @@ def contrastive_parts(out_a, out_b, labels_a, labels_b, params, generator):
         parts["con"] = sum(self_positive_level_loss(out_a["residuals"][level], out_b["residuals"][level],
                                                     params.temperature) for level in levels) / len(levels)
     if params.align_weight > 0:
-        key = "codeword_sum" if params.con_variant == "paper" else "quantized"
+        key = params.align_target
         parts["align"] = params.align_weight * symmetric_info_nce(out_a[key], out_b[key], params.temperature)
     return parts
 

@@ -1,6 +1,8 @@
-"""RecBole trainer for the generative models: AdamW, cosine schedule with warm-up, gradient
-clipping, bf16 autocast for training on CUDA (decoding in fp32 unless ``gr_bf16_eval``), the
-released task mixture's epochs, and an optional training-time budget."""
+"""RecBole trainer for the generative models: AdamW, cosine schedule with warm-up over the
+optimiser steps actually taken, gradient accumulation, gradient clipping, bf16 autocast for
+training on CUDA (decoding in fp32 unless ``gr_bf16_eval``), the released task mixture's epochs,
+model selection on a ranking metric or the validation loss, and an optional training-time budget.
+The epoch loop (learning curve, resumable state) is :mod:`recbole_macrec.trainer.epoch_loop`'s."""
 import contextlib
 import copy
 import itertools
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader, device_loader_applies
 from recbole_macrec.errors import SettingError
 from recbole_macrec.timing import synchronize
+from recbole_macrec.trainer.epoch_loop import EpochLoop
 
 
 def cosine_with_warmup(warmup_steps, total_steps):
@@ -49,9 +52,48 @@ def epochs_for_budget(budget_s, epoch_s, max_epochs, eval_step):
     return epochs, epochs
 
 
-class GenerativeTrainer(Trainer):
+def grad_accum_setting(config):
+    """``gr_grad_accum``: the micro-batches one optimiser step of ``train_batch_size`` rows is
+    computed in (1 = none); it must divide the batch."""
+    accum = config["gr_grad_accum"] or 1
+    if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+        raise SettingError(f"gr_grad_accum must be a positive integer, got {accum!r}")
+    batch = int(config["train_batch_size"])
+    if batch % accum:
+        raise SettingError(f"gr_grad_accum={accum} does not divide train_batch_size={batch}: every "
+                           f"micro-batch of a step must be a whole share of the step's rows")
+    return accum
+
+
+def selection_setting(config):
+    """``(metric, bigger)`` that selects the best epoch: ``gr_valid_metric`` (``loss``: the
+    validation loss, as the released fine-tuning selects; ~: RecBole's ``valid_metric``), checked
+    against the metrics the evaluator computes."""
+    name = config["gr_valid_metric"] or config["valid_metric"]
+    setting = "gr_valid_metric" if config["gr_valid_metric"] else "valid_metric"
+    if str(name).lower() == "loss":
+        return "loss", False
+    computed = [f"{m}@{k}".lower() for m in config["metrics"] for k in config["topk"]]
+    if str(name).lower() not in computed:
+        raise SettingError(f"{setting}={name!r} is neither 'loss' nor a metric the evaluator computes "
+                           f"({', '.join(f'{m}@{k}' for m in config['metrics'] for k in config['topk'])})")
+    return str(name).lower(), bool(config["valid_metric_bigger"])
+
+
+class GenerativeTrainer(EpochLoop, Trainer):
+    @classmethod
+    def check_settings(cls, config):
+        """Raise :class:`SettingError` for trainer settings that cannot work; the runner calls it
+        before any data is loaded or any pre-stage runs."""
+        grad_accum_setting(config)
+        selection_setting(config)
+
     def __init__(self, config, model):
         super().__init__(config, model)
+        self.init_epoch_loop()
+        self.grad_accum = grad_accum_setting(config)
+        self.valid_metric, self.valid_metric_bigger = selection_setting(config)
+        self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.bf16 = bool(config["gr_bf16"]) and self.device.type == "cuda"
         self.bf16_eval = bool(config["gr_bf16_eval"])
         self.warmup_ratio = float(config["warmup_ratio"] or 0.0)
@@ -70,14 +112,34 @@ class GenerativeTrainer(Trainer):
         return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay,
                                  fused=self.device.type == "cuda")
 
-    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
-            callback_fn=None):
-        if self.config["gr_train_budget_s"] and self.start_epoch == 0:
+    def before_training(self, train_data, valid_data):
+        """Plan the epochs of a training budget (not when resuming: the plan is in the state), then
+        size the cosine schedule on the optimiser steps the epochs actually take: the task
+        mixture's batches, not RecBole's loader's (about 4x as many for MACRec)."""
+        if self.config["gr_train_budget_s"] and self.start_epoch == 0 and self._resume is None:
             self.plan_epochs(train_data, float(self.config["gr_train_budget_s"]), bool(valid_data))
-        total = max(1, (self.epochs - self.start_epoch) * len(train_data))
+        total = max(1, self.epochs * len(self.batches_of(train_data)))
         warmup = math.ceil(self.warmup_ratio * total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(warmup, total))
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        self.schedule = {"steps_per_epoch": len(self.batches_of(train_data)), "total_steps": total,
+                         "warmup_steps": warmup}
+
+    def scheduler_state(self):
+        return self.scheduler.state_dict() if self.scheduler is not None else None
+
+    def load_scheduler_state(self, state):
+        if state is not None:
+            self.scheduler.load_state_dict(state)
+
+    def order_generators(self, train_data):
+        generators = super().order_generators(train_data)
+        batches = self.batches_of(train_data)
+        if batches is not train_data:
+            generators["device_loader"] = batches.generator
+        return generators
+
+    def epoch_batches(self, train_data):
+        return self.batches_of(train_data)
 
     def batches_of(self, train_data):
         """The training batches: the model's task mixture (``gr_task_mix: released``), else
@@ -184,21 +246,71 @@ class GenerativeTrainer(Trainer):
         self._check_nan(torch.tensor(total))
         return total
 
+    def backward(self, loss):
+        if self.world_size > 1:   # arm DDP's gradient all-reduce, as RecBole's own trainer does
+            self.set_reduce_hook()
+            loss = loss + self.sync_grad_loss()
+        loss.backward()
+
+    def accumulated_gradients(self, interaction):
+        """Gradients of the step's loss over ``gr_grad_accum`` micro-batches of ``interaction``: each
+        micro-batch's loss weighted by its share of the step's loss weight (target tokens under the
+        released mixture), so that the step's gradient and loss are those of one pass over the
+        whole batch. Returns the step's detached loss."""
+        chunks = torch.arange(len(interaction), device=self.device).tensor_split(self.grad_accum)
+        weighted, total = 0.0, 0.0
+        for rows in (c for c in chunks if len(c)):   # an epoch's last batch may hold fewer rows
+            with self.autocast(self.bf16):
+                loss, weight = self.model.calculate_loss_and_weight(interaction[rows])
+            self.backward(loss * weight)
+            weighted, total = weighted + loss.detach() * weight, total + weight
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.div_(total)
+        return weighted / total
+
     def train_step(self, interaction, loss_func=None):
         """One optimisation step on a batch already on the device; returns the detached loss."""
-        distributed = self.world_size > 1
-        if distributed:   # arm DDP's gradient all-reduce, as RecBole's own trainer does
-            self.set_reduce_hook()
-        with self.autocast(self.bf16):
-            loss = (loss_func or self.model.calculate_loss)(interaction)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss + self.sync_grad_loss() if distributed else loss).backward()
+        if self.grad_accum > 1:
+            loss = self.accumulated_gradients(interaction)
+        else:
+            with self.autocast(self.bf16):
+                loss = (loss_func or self.model.calculate_loss)(interaction)
+            self.backward(loss)
         if self.clip_grad_norm:
             clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         return loss.detach()
+
+    @torch.no_grad()
+    def validation_loss(self, valid_data):
+        """Mean target-token cross-entropy of the model's validation task (seqrec: history -> the
+        held-out next item) over the validation users; with several processes, over all of theirs."""
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        with self.autocast(self.bf16 and self.bf16_eval):
+            for batched in valid_data:
+                loss_sum, count = self.model.validation_loss_terms(batched[0].to(self.device))
+                total += torch.stack([loss_sum.double(), count.double()])
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+        return float(total[0] / total[1].clamp_min(1))
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        if self.valid_metric == "loss":   # the released selection: no decoding while training
+            loss = self.validation_loss(valid_data)
+            return loss, {"loss": loss}
+        return super()._valid_epoch(valid_data, show_progress)
+
+    def validation_extras(self, valid_data):
+        if self.valid_metric == "loss":
+            return {}
+        return {"valid_loss": self.validation_loss(valid_data)}
 
     def _full_sort_batch_eval(self, batched_data):
         # bf16 logits are 0.06-0.125 apart at the magnitudes decoding sees: beam rankings would

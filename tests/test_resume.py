@@ -1,0 +1,140 @@
+"""A run killed at any point (SIGKILL) continues from its last finished epoch with --resume and
+ends exactly as the uninterrupted run; a state of another run, or a truncated one, is a clear
+error that leaves the file as it was."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY_T5, tiny_config_dict, write_codes
+from recbole_macrec.errors import SettingError
+
+EPOCHS = 6
+
+
+def _settings(tiny_dataset, **extra):
+    return tiny_config_dict(tiny_dataset, **{**TINY_T5, "dropout_rate": 0.1, "epochs": EPOCHS, "eval_step": 1,
+                                             "stopping_step": 10, "train_batch_size": 16, "implicit_weight": 0.01,
+                                             "gr_length_group": 4, **extra})
+
+
+def _command(workdir, name, settings, *flags):
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return [sys.executable, str(ROOT / "run_recbole.py"), "--model=MACRec", "--dataset=tiny",
+            f"--config_files={path}", f"--checkpoint_dir={workdir / name}", f"--results_dir={workdir / name}",
+            *flags]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _result(folder):
+    (path,) = [p for p in folder.glob("MACRec-tiny-*.json")]
+    return json.loads(path.read_text())
+
+
+def _state_epoch(folder):
+    import torch
+
+    states = list(folder.glob("*.state.pth"))
+    if not states:
+        return -1
+    try:
+        return torch.load(states[0], weights_only=True)["epoch"]
+    except Exception:   # being replaced right now: read it on the next poll
+        return -1
+
+
+def test_a_killed_run_resumes_and_ends_as_the_uninterrupted_run(tiny_dataset, workdir):
+    write_codes(tiny_dataset / "tiny")
+    settings = _settings(tiny_dataset)
+    subprocess.run(_command(workdir, "whole", settings), check=True, env=_env(), cwd=workdir,
+                   capture_output=True, timeout=600)
+    whole = _result(workdir / "whole")
+
+    killed = subprocess.Popen(_command(workdir, "killed", settings), env=_env(), cwd=workdir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while _state_epoch(workdir / "killed") < 1 and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    stopped_at = _state_epoch(workdir / "killed")
+    assert 1 <= stopped_at < EPOCHS - 1, "the run must be killed mid-training"
+    assert not list((workdir / "killed").glob("MACRec-tiny-*.json"))
+
+    subprocess.run(_command(workdir, "killed", settings, f"--resume={workdir / 'killed'}"), check=True,
+                   env=_env(), cwd=workdir, capture_output=True, timeout=600)
+    resumed = _result(workdir / "killed")
+    assert resumed["resumed_at_epoch"] == stopped_at + 1
+    assert resumed["test_result"] == whole["test_result"]
+    assert resumed["best_valid_result"] == whole["best_valid_result"]
+    assert resumed["best_epoch"] == whole["best_epoch"] and resumed["epochs_run"] == EPOCHS
+    strip = lambda curve: [{k: v for k, v in c.items() if k != "seconds"} for c in curve]
+    assert strip(resumed["curve"]) == strip(whole["curve"])
+    assert len(resumed["timing"]["train_epoch_s"]) == EPOCHS
+
+
+def _trained_state(tiny_dataset, workdir, name="first", **extra):
+    from recbole_macrec.quick_start import run_recbole
+
+    write_codes(tiny_dataset / "tiny")
+    settings = _settings(tiny_dataset, epochs=2, checkpoint_dir=str(workdir / name), **extra)
+    run_recbole("MACRec", "tiny", config_dict=settings)
+    (state,) = list((workdir / name).glob("*.state.pth"))
+    return state, settings
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resume_into_a_run_of_other_settings_or_seed_is_refused(tiny_dataset, workdir):
+    from recbole_macrec.quick_start import run_recbole
+
+    state, settings = _trained_state(tiny_dataset, workdir)
+    before = _digest(state)
+    with pytest.raises(SettingError, match="other settings"):
+        run_recbole("MACRec", "tiny", config_dict={**settings, "learning_rate": 0.01, "resume": str(state)})
+    with pytest.raises(SettingError, match="seed 2020, this run has 7"):
+        run_recbole("MACRec", "tiny", config_dict={**settings, "seed": 7, "resume": str(state)})
+    with pytest.raises(SettingError, match="model 'MACRec', this run has 'TIGER'"):
+        run_recbole("TIGER", "tiny", config_dict={**settings, "resume": str(state)})
+    assert _digest(state) == before
+
+
+def test_a_truncated_state_is_a_clear_error_and_stays_as_it_was(tiny_dataset, workdir):
+    from recbole_macrec.quick_start import run_recbole
+
+    state, settings = _trained_state(tiny_dataset, workdir)
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    before = _digest(state)
+    with pytest.raises(SettingError, match="not a readable run state"):
+        run_recbole("MACRec", "tiny", config_dict={**settings, "resume": str(state)})
+    assert _digest(state) == before
+    with pytest.raises(SettingError, match="holds no run state"):
+        run_recbole("MACRec", "tiny", config_dict={**settings, "resume": str(workdir)})
+
+
+def test_resuming_a_finished_run_trains_nothing_more(tiny_dataset, workdir):
+    from recbole_macrec.quick_start import run_recbole
+
+    state, settings = _trained_state(tiny_dataset, workdir)
+    first = _result_of(workdir)
+    again = run_recbole("MACRec", "tiny", config_dict={**settings, "resume": str(state.parent)})
+    saved = json.loads(open(again["result_file"]).read())
+    assert saved["test_result"] == first["test_result"] and saved["resumed_at_epoch"] == 2
+    assert saved["timing"]["train_epoch_s"] == first["timing"]["train_epoch_s"]
+
+
+def _result_of(workdir):
+    (path,) = list((workdir / "saved" / "results").glob("MACRec-tiny-*.json"))
+    return json.loads(path.read_text())
