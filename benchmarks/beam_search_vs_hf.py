@@ -75,7 +75,7 @@ def make_sources(vocab, n_users, n_items, device, seed=0, max_hist=20):
 
 
 def ours(t5, trie, src, mask, beam):
-    return constrained_beam_search(t5_beam_step(t5, src, mask, beam), src.shape[0], trie, beam, EOS)
+    return constrained_beam_search(t5_beam_step(t5, src, mask), src.shape[0], trie, beam, EOS)
 
 
 def hf_generate(t5, prefix_tree, item_of, src, mask, beam, levels):

@@ -2,8 +2,9 @@
 item views, semantic IDs and a ready dataset yaml.
 
 Two layouts are read from ``--src`` (``<name>`` = the prefix of its one ``<name>.inter.json``):
-  MQL4GRec / MACRec:  <name>.inter.json, <name>.item2id, <name>.user2id (``<raw id>\t<idx>`` lines),
-                      optional <name>.item.json, <name>.emb-*.npy, <name>.index_<suffix>.json
+  MQL4GRec / MACRec:  <name>.inter.json, <name>.item2id (``<raw id>\t<idx>`` lines), optional
+                      <name>.user2id (MACRec publishes none: the json keys are then the user ids),
+                      <name>.item.json, <name>.emb-*.npy, <name>.index_<suffix>.json
   LC-Rec / LETTER:    <name>.inter.json, <name>.item.json, <name>.index.json (no id maps: users and
                       items are the json keys, which must be integers)
   <name>.inter.json        {"user": [item, ...]}, each user's items oldest first
@@ -80,15 +81,15 @@ def read_json(path):
 
 
 def id_maps(src, name):
-    """``(items, users)`` idx -> raw id from the id map files, or ``(None, None)`` without them."""
-    paths = [os.path.join(src, f"{name}.{kind}2id") for kind in ("item", "user")]
-    present = [os.path.isfile(p) for p in paths]
-    if present == [False, False]:
+    """``(items, users)`` idx -> raw id from the id map files: both maps (MQL4GRec), the item map
+    alone (MACRec: users are the json keys, ``users`` is None), or ``(None, None)`` (LC-Rec)."""
+    item_path, user_path = (os.path.join(src, f"{name}.{kind}2id") for kind in ("item", "user"))
+    if not os.path.isfile(item_path):
+        if os.path.isfile(user_path):
+            raise ConversionError(f"{user_path} exists but {item_path} does not: a user map needs the item "
+                                  f"map (give {name}.item2id, or neither map)")
         return None, None
-    if present != [True, True]:
-        have, lack = (paths[0], paths[1]) if present[0] else (paths[1], paths[0])
-        raise ConversionError(f"{have} exists but {lack} does not: give both id maps or neither")
-    return read_id_map(paths[0]), read_id_map(paths[1])
+    return read_id_map(item_path), read_id_map(user_path) if os.path.isfile(user_path) else None
 
 
 def integer_keys(keys, path, what):
@@ -109,6 +110,7 @@ def build_inter(src, name):
         integer_keys(sequences, inter_path, "user")
         integer_keys((i for seq in sequences.values() for i in seq), inter_path, "item")
         items = {str(i): str(i) for seq in sequences.values() for i in seq}
+    if users is None:   # LC-Rec, and MACRec's layout (an item map only): the json keys are the users
         users = {u: u for u in sequences}
     rows = []
     for user, seq in sequences.items():
@@ -199,36 +201,70 @@ def convert_codes(path, item_tokens):
     return codes
 
 
+def trainable_views(item, views, code_views):
+    """The views the pre-stage can train codes from, text first: every embedding view, ``text``
+    from the item text, and ``collab`` (item factors from the training interactions, always)."""
+    offered = sorted((v for v in views if v not in code_views), key=lambda v: (v != "text", v))
+    if item is not None and "text" not in offered:
+        offered.insert(0, "text")
+    if "collab" not in offered:
+        offered.append("collab")
+    return offered
+
+
+def run_commands(dataset, yaml_path, item, views, code_views):
+    """``(sid_views, sid_method or None, command that runs as written, MACRec's command or None)``
+    for the converted data: MACRec on two published views, else on two views it can train;
+    TIGER (one view) when only one view exists."""
+    base = f"python run_recbole.py --dataset={dataset} --config_files={yaml_path}"
+    published = sorted(code_views, key=lambda v: (v != "text", v))
+    trainable = trainable_views(item, views, code_views)
+    macrec_trained = f'{base.replace("run_recbole.py", "run_recbole.py --model=MACRec")} --sid_method=macrec ' \
+                     f'--sid_views="[{",".join(trainable[:2])}]"' if len(trainable) >= 2 else None
+    if len(published) >= 2:
+        command = base.replace("run_recbole.py", "run_recbole.py --model=MACRec")
+        return published, "import", command, command
+    if published:
+        view = published[0]
+        tiger = base.replace("run_recbole.py", "run_recbole.py --model=TIGER") \
+            + ("" if view == "text" else f' --gr_views="[{view}]"')
+        return published, "import", tiger, macrec_trained
+    if macrec_trained:
+        command = base.replace("run_recbole.py", "run_recbole.py --model=MACRec")
+        return trainable[:2], None, command, command
+    tiger = base.replace("run_recbole.py", "run_recbole.py --model=TIGER") + f' --gr_views="[{trainable[0]}]"'
+    return trainable[:1], None, tiger, None
+
+
 def dataset_yaml(dataset, out, item, views, code_views):
-    """The dataset yaml's text: everything a run on the converted data needs."""
+    """``(yaml text, the command that runs on it as written)``: everything a run on the converted
+    data needs, and in a comment how MACRec runs on it (or why it cannot)."""
     item_cols = ["item_id", "title", "description", "brand", "categories"]
-    embedded = [v for v in views if v not in code_views]
-    lines = [f"# Written by dataset_prep/mql4grec_to_recbole.py. Run: python run_recbole.py "
-             f"--model=MACRec --dataset={dataset} --config_files={os.path.join(out, dataset + '.yaml')}",
+    yaml_path = os.path.join(out, dataset + ".yaml")
+    sid_views, method, command, macrec = run_commands(dataset, yaml_path, item, views, code_views)
+    lines = [f"# Written by dataset_prep/mql4grec_to_recbole.py. Run: {command}",
              f"data_path: {json.dumps(os.path.dirname(os.path.abspath(out)))}",
              "load_col:", "  inter: [user_id, item_id, timestamp]"]
     if item is not None:
         lines.append(f"  item: [{', '.join(item_cols)}]")
         lines.append("lcrec_text_fields: [title, description]   # LC-Rec's item <-> ID tasks")
-    offered = sorted(embedded, key=lambda v: (v != "text", v))
-    if item is not None and "text" not in offered:
-        offered.insert(0, "text")
-        lines.append("text_view_fields: [title, description]   # the computed text view "
-                     "(text_encoder: a local model, else TF-IDF)")
-    if len(offered) < 2:
-        offered.append("collab")   # item factors from the training interactions
-    trained = f"[{','.join(offered[:2])}]"
-    if code_views:
-        ordered = sorted(code_views, key=lambda v: (v != "text", v))
-        lines += [f"sid_views: [{', '.join(ordered)}]", "sid_method: import            # the published semantic IDs"]
-        if len(ordered) < 2:
-            lines.append(f"# MACRec and MQL4GRec need two views: add --sid_method=macrec "
-                         f"--sid_views=\"{trained}\" (codes trained from these item views)")
-        return "\n".join(lines) + "\n"
-    lines.append(f"sid_views: {trained.replace(',', ', ')}")
-    if len(offered) > 2:
-        lines.append(f"# more item views: {', '.join(offered[2:])}")
-    return "\n".join(lines) + "\n"
+        if "text" not in views:   # no text embedding: a text view would be computed from these fields
+            lines.append("text_view_fields: [title, description]   # the computed text view "
+                         "(text_encoder: a local model, else TF-IDF)")
+    lines.append(f"sid_views: [{', '.join(sid_views)}]")
+    if method == "import":
+        lines.append("sid_method: import            # the published semantic IDs")
+    if macrec is None:
+        lines.append(f"# MACRec and MQL4GRec need codes for two item views: published codes cover "
+                     f"{', '.join(code_views) or 'none'}, and codes can be trained from "
+                     f"{', '.join(trainable_views(item, views, code_views))} only. Add item text (<name>.item.json) "
+                     f"or an embedding (<name>.emb-*.npy) and convert again.")
+    elif macrec != command:
+        lines.append(f"# MACRec and MQL4GRec need two views; with codes trained from two item views: {macrec}")
+    extra = [v for v in trainable_views(item, views, code_views) if v not in sid_views and method is None]
+    if extra:
+        lines.append(f"# more item views: {', '.join(extra)}")
+    return "\n".join(lines) + "\n", command
 
 
 def convert(src, out, view_names=None):
@@ -263,15 +299,17 @@ def convert(src, out, view_names=None):
         for view, table in codes:
             with open(os.path.join(tmp, f"{dataset}.{view}.codes.json"), "w") as f:
                 json.dump(table, f)
+        text, command = dataset_yaml(dataset, out, item, views, [v for v, _ in codes])
         with open(os.path.join(tmp, f"{dataset}.yaml"), "w") as f:
-            f.write(dataset_yaml(dataset, out, item, views, [v for v, _ in codes]))
+            f.write(text)
         move_into(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n_users, n_items, n_inter = inter.user_id.nunique(), len(item_tokens), len(inter)
     return {"dataset": dataset, "users": n_users, "items": n_items, "interactions": n_inter,
             "density": n_inter / (n_users * n_items), "item_json_entries_without_interactions": unused_meta,
-            "yaml": os.path.join(str(out), f"{dataset}.yaml"), "files": sorted(os.listdir(out))}
+            "yaml": os.path.join(str(out), f"{dataset}.yaml"), "files": sorted(os.listdir(out)),
+            "next": command}
 
 
 def main(argv=None):
@@ -290,7 +328,7 @@ def main(argv=None):
     except (ConversionError, OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps(stats, indent=2))
-    print(f"next: python run_recbole.py --model=MACRec --dataset={stats['dataset']} --config_files={stats['yaml']}")
+    print(f"next: {stats['next']}")
 
 
 if __name__ == "__main__":

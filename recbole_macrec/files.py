@@ -22,6 +22,14 @@ def temp_prefix(name):
     return f".{name}.pid{os.getpid()}-"
 
 
+def usual_mode(directory=False):
+    """The mode ``open()`` / ``os.makedirs`` give a new file or folder under the process's umask
+    (``tempfile`` creates them owner-only, which a shared dataset or results folder must not get)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=".tmp"):
     """Yield a temporary path beside ``path`` (ending in ``suffix``: ``np.savez`` needs ``.npz``);
@@ -32,6 +40,7 @@ def atomic_path(path, suffix=".tmp"):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, usual_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -42,7 +51,9 @@ def atomic_path(path, suffix=".tmp"):
 def temp_dir(folder, name):
     """A new temporary folder in ``folder`` for building ``name`` (published by renaming it)."""
     os.makedirs(folder, exist_ok=True)
-    return tempfile.mkdtemp(prefix=temp_prefix(name), dir=folder)
+    path = tempfile.mkdtemp(prefix=temp_prefix(name), dir=folder)
+    os.chmod(path, usual_mode(directory=True))
+    return path
 
 
 def move_into(tmp, out):

@@ -113,29 +113,27 @@ def check_dataset_files(config):
                             f"({int(bad.sum())} such lines)")
 
 
-def report_dropped_interactions(config, dataset):
-    """Log how many rows of the ``.inter`` file RecBole left out, and how many of those because
-    their item has no row in the ``.item`` file (RecBole's ``filter_inter_by_user_or_item``),
-    which it does silently."""
-    from recbole_macrec.data.atomic import atomic_file, read_atomic
+def report_dropped_interactions(config, dataset, data_path):
+    """Log how many rows of the ``.inter`` file in ``data_path`` (the user's dataset, before any
+    pre-stage folder) RecBole left out, and how many of those because their item has no row in
+    the ``.item`` file, which RecBole does silently; returns the counts (None when none)."""
+    from recbole_macrec.data.atomic import atomic_file, interactions_without_item_row
 
-    inter_path = atomic_file(config["data_path"], config["dataset"], "inter")
-    item_path = atomic_file(config["data_path"], config["dataset"], "item")
-    inter, _ = read_atomic(inter_path)
-    dropped = len(inter) - dataset.inter_num
+    total, absent = interactions_without_item_row(data_path, config["dataset"], config["ITEM_ID_FIELD"],
+                                                  config["load_col"])
+    dropped = total - dataset.inter_num
     if dropped <= 0:
-        return
-    iid, absent = config["ITEM_ID_FIELD"], 0
-    if "item" in (config["load_col"] or {}) and os.path.isfile(item_path) and iid in inter.columns:
-        items, _ = read_atomic(item_path)
-        if iid in items.columns:
-            absent = int((~inter[iid].isin(set(items[iid]))).sum())
-    message = f"RecBole kept {dataset.inter_num} of the {len(inter)} interactions in {inter_path}"
+        return None
+    inter_path = atomic_file(data_path, config["dataset"], "inter")
+    message = f"RecBole kept {dataset.inter_num} of the {total} interactions in {inter_path}"
     if absent:
-        message += f"; {absent} left out because their item has no row in {item_path} (filter_inter_by_user_or_item)"
+        message += (f"; {absent} left out because their item has no row in "
+                    f"{atomic_file(data_path, config['dataset'], 'item')} (filter_inter_by_user_or_item)")
     if dropped > absent:
         message += f"; {dropped - absent} by its other filters (duplicates, interaction counts, value intervals)"
     getLogger().warning(message)
+    return {"interactions": total, "kept": int(dataset.inter_num), "item_has_no_row": absent,
+            "other_filters": dropped - absent}
 
 
 def global_rank(config):
@@ -173,13 +171,15 @@ def load_best_everywhere(trainer):
 class Run(NamedTuple):
     """One run as RecBole's pipeline builds it. ``settings``: :func:`effective_settings` as given
     (before the pre-stage points ``data_path`` at its folder); ``semantic_ids``: the
-    :class:`SemanticIdDataset` a semantic-ID model reads, else None."""
+    :class:`SemanticIdDataset` a semantic-ID model reads, else None; ``dropped_interactions``:
+    the counts :func:`report_dropped_interactions` logged, else None."""
     config: object
     dataset: object
     loaders: tuple
     model: object
     settings: dict
     semantic_ids: object
+    dropped_interactions: object = None
 
 
 def build_run(model, dataset=None, config_file_list=None, config_dict=None):
@@ -196,13 +196,15 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     init_logger(config)
     logger = getLogger()
     logger.info(config)
+    if config["cpu_threads"]:
+        logger.info(f"CPU process {global_rank(config)}: {config['cpu_threads']}")
 
     for checked in (model_class, get_trainer(config["MODEL_TYPE"], config["model"])):
         check = getattr(checked, "check_settings", None)
         if check is not None:   # every setting error before minutes of pre-stage
             check(config)
     check_dataset_files(config)
-    semantic_ids = None
+    semantic_ids, data_path = None, config["data_path"]
     if issubclass(model_class, SemanticIdRecommender):
         with first_rank_first(config):   # one process runs the pre-stage, the others read its result
             semantic_ids = semantic_id_dataset(config, model_views(config))
@@ -210,13 +212,13 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
 
     dataset_obj = create_dataset(config)
     logger.info(dataset_obj)
-    report_dropped_interactions(config, dataset_obj)
+    dropped = report_dropped_interactions(config, dataset_obj, data_path)
     loaders = data_preparation(config, dataset_obj)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = model_class(config, loaders[0]._dataset).to(config["device"])
     logger.info(model_obj)
-    return Run(config, dataset_obj, loaders, model_obj, settings, semantic_ids)
+    return Run(config, dataset_obj, loaders, model_obj, settings, semantic_ids, dropped)
 
 
 def fit_and_test(run, saved):
@@ -246,6 +248,11 @@ def fit_and_test(run, saved):
                                                       show_progress=config["show_progress"]))
     recorder.close()
     timer.close()
+    if config["gr_beam_check"] and isinstance(run.model, SemanticIdRecommender):
+        from recbole_macrec.beam_check import beam_check
+
+        trainer.beam_check = beam_check(run.model, test_data, int(config["gr_beam_check"]))
+        getLogger().info(set_color("beam vs exact", "yellow") + f": {trainer.beam_check}")
     return trainer, best_valid_score, best_valid_result, test_result, timer, recorder
 
 
@@ -268,18 +275,23 @@ def result_record(run, trainer, best_valid_score, best_valid_result, test_result
         "best_epoch": getattr(trainer, "best_epoch", None),
         "early_stopped": getattr(trainer, "stopped", None),
         "machine": machine_description(),
+        "torch_threads": torch.get_num_threads(),
         "config_files": list(config_files or []),
         "settings": run.settings,
         "settings_digest": settings_digest(run.settings),
     }
     if getattr(trainer, "budget_plan", None):
         result["train_budget"] = trainer.budget_plan
+    if getattr(trainer, "beam_check", None):
+        result["beam_check"] = trainer.beam_check
     if getattr(trainer, "schedule", None):
         result["schedule"] = trainer.schedule
     if getattr(trainer, "resumed_at_epoch", None) is not None:
         result["resumed_at_epoch"] = trainer.resumed_at_epoch
     if run.semantic_ids is not None:
         result["semantic_ids"] = semantic_id_summary(run.semantic_ids.report, run.semantic_ids.data_path)
+    if run.dropped_interactions is not None:
+        result["dropped_interactions"] = run.dropped_interactions
     return result
 
 

@@ -12,7 +12,7 @@ from recbole_macrec.files import atomic_path, text_digest, write_json
 # settings that do not change what a run computes (where it writes, what it shows, the device)
 VOLATILE_SETTINGS = {"seed", "results_dir", "device", "use_gpu", "gpu_id", "local_rank", "single_spec", "state",
                      "show_progress", "log_wandb", "wandb_project", "checkpoint_dir", "nproc", "world_size", "offset",
-                     "ip", "port", "worker", "run_label", "resume"}
+                     "ip", "port", "worker", "run_label", "resume", "cpu_threads"}
 
 
 def ranks_path(result_file):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_macrec.code_metrics import CODES_BEFORE, save_codes_before
-from recbole_macrec.data.atomic import atomic_file, read_atomic, write_atomic
+from recbole_macrec.data.atomic import atomic_file, interactions_without_item_row, read_atomic, write_atomic
 from recbole_macrec.data.default_views import catalogue_and_train_pairs, data_digest, ensure_item_views
 from recbole_macrec.data.item_views import item_view_path, work_dir
 from recbole_macrec.errors import DataError, require_items
@@ -287,7 +287,8 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
                   "seed": config["seed"], "params": params.__dict__, "input_hash": digest,
                   "data_digest": data_digest(config), "data_settings": data_settings(config),
                   "inputs": {os.path.basename(p): file_digest(p) for p in inputs},
-                  "n_items": len(items), "seconds": round(time.time() - start, 2), "per_view": reports}
+                  "n_items": len(items), "seconds": round(time.time() - start, 2), "per_view": reports,
+                  "dropped_interactions": dropped_interactions(config)}
         with open(os.path.join(tmp, REPORT), "w") as f:
             json.dump(report, f, indent=2, default=list)
         _publish(tmp, out)
@@ -295,6 +296,19 @@ def build_semantic_ids(config, method=None, force=False, show_progress=None):
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info(f"semantic IDs written: {out}")
     return out
+
+
+def dropped_interactions(config):
+    """``{"interactions", "item_has_no_row"}`` of the dataset's ``.inter`` file: the interactions
+    whose item has no ``.item`` row, which RecBole leaves out and the derived ``.item`` has no
+    codes for (logged when there are any)."""
+    total, absent = interactions_without_item_row(config["data_path"], config["dataset"], config["ITEM_ID_FIELD"],
+                                                  config["load_col"])
+    if absent:
+        getLogger().warning(f"{atomic_file(config['data_path'], config['dataset'], 'inter')}: {absent} of {total} "
+                            f"interactions name an item with no row in the .item file: RecBole leaves them out, "
+                            f"and they get no semantic IDs")
+    return {"interactions": total, "item_has_no_row": absent}
 
 
 def read_report(folder):

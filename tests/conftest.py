@@ -62,6 +62,7 @@ def tiny_config_dict(data_path, **extra):
         "checkpoint_dir": "saved",
         "log_wandb": False,
         "gr_grad_accum": 1,
+        "gr_bf16": False,   # fp32 on every machine (bf16 autocast trains on CPUs with native bf16)
     }
     cfg.update(extra)
     return cfg

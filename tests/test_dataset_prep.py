@@ -159,7 +159,8 @@ def test_yaml_without_codes_offers_text_and_collab(workdir):
      r"Games.index.json: item '5' has 3 codes, item '0' has 2"),
     (lambda src: (src / "Games.index.json").write_text(json.dumps({str(i): ["a1", "b2"] for i in range(30)})),
      r"Games.index.json: item '0': code token 'a1' is not like '<a_12>'"),
-    (lambda src: (src / "Games.item2id").write_text("A\t0\n"), r"Games.item2id exists but .*Games.user2id does not"),
+    (lambda src: (src / "Games.item2id").write_text("A\t0\n"), r"Games.inter.json: item '\d+' of user '\d+' is not in "
+                                                               r"Games.item2id"),
     (lambda src: (src / "Games.item.json").write_text("{not json"), r"Games.item.json: not valid JSON"),
 ])
 def test_bad_published_layouts_are_named_and_leave_nothing(workdir, damage, match):

@@ -42,3 +42,17 @@ def write_atomic(path, frame, types):
     out.columns = [f"{c}:{types[c]}" for c in frame.columns]
     with atomic_temp(path) as tmp:
         out.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_MINIMAL)
+
+
+def interactions_without_item_row(data_path, dataset, iid, load_col):
+    """``(interactions, of them whose item has no row in the .item file)`` of ``dataset`` in
+    ``data_path``: RecBole leaves those out (``filter_inter_by_user_or_item``) without a word.
+    The second is 0 when no .item file is read."""
+    inter, _ = read_atomic(atomic_file(data_path, dataset, "inter"))
+    item_path = atomic_file(data_path, dataset, "item")
+    if "item" not in (load_col or {}) or not os.path.isfile(item_path) or iid not in inter.columns:
+        return len(inter), 0
+    items, _ = read_atomic(item_path)
+    if iid not in items.columns:
+        return len(inter), 0
+    return len(inter), int((~inter[iid].isin(set(items[iid]))).sum())

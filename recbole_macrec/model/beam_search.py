@@ -169,6 +169,53 @@ def constrained_beam_search(step, batch_size, trie, beam_size, eos):
     return items, scores
 
 
+def level_edges(table):
+    """``(parent, code, child)`` ``[E]`` of every edge of a :class:`TrieLevel`, ordered by child
+    (at every level but the last, a child prefix has exactly one parent edge)."""
+    parent, slot = torch.nonzero(table.child >= 0, as_tuple=True)
+    child = table.child[parent, slot].long()
+    code = slot if table.dense else table.codes[parent, slot].long()
+    order = torch.argsort(child)
+    return parent[order], code[order], child[order]
+
+
+def decoder_rows(trie):
+    """Decoder rows one user's exact scoring runs: every prefix of the trie (the root and each
+    level's distinct prefixes) plus one eos step per item."""
+    rows = 1
+    for table in trie.levels:
+        rows += int((table.child >= 0).sum())
+    return rows
+
+
+@torch.no_grad()
+def exact_scores(step, batch_size, trie, eos, n_items):
+    """The score beam search ranks by, for every item of the trie: ``[B, n_items]`` (-inf for ids
+    without an item), ``(sum of the item's L code log-probabilities + log p(eos) after them) /
+    (L + 1)``. The decoder walks the whole trie level by level: each distinct prefix is decoded
+    once per user, however many items share it.
+
+    ``step`` is :func:`constrained_beam_search`'s, called with a varying number of rows: level
+    ``l`` continues ``B * P_l`` rows (every user times every prefix of length ``l``), ``reorder``
+    naming the row of the parent prefix."""
+    B = batch_size
+    device = trie.levels[0].child.device
+    users = torch.arange(B, device=device)[:, None]
+    log_probs = step(None, None).float()                       # [B, V]: the root of every user
+    path = torch.zeros(B, 1, device=device)                   # [B, P]: log-probability sums of the prefixes
+    for level, table in enumerate(trie.levels):
+        parent, code, child = level_edges(table)
+        n_prefix, lo = path.shape[1], trie.offsets[level]
+        chosen = log_probs.view(B, n_prefix, -1)[:, parent, lo + code]   # [B, E]
+        path = path[:, parent] + chosen                        # one edge per child, in child order
+        reorder = (users * n_prefix + parent[None, :]).view(-1)
+        log_probs = step((lo + code).repeat(B)[:, None], reorder).float()
+    eos_logp = log_probs[:, eos].view(B, -1)
+    out = torch.full((B, n_items), float("-inf"), device=device)
+    out[:, child] = (path + eos_logp) / (trie.num_levels + 1)
+    return out
+
+
 def scores_to_matrix(items, scores, n_items):
     """``[B, n_items]`` with the beam scores at the returned items and -inf elsewhere."""
     out = scores.new_full((items.shape[0], n_items), float("-inf"))
@@ -178,23 +225,26 @@ def scores_to_matrix(items, scores, n_items):
     return out
 
 
-def t5_beam_step(t5, src, mask, beam_size):
-    """The ``step`` of :func:`constrained_beam_search` for a T5: the encoder runs once on
-    ``src [B, S]``; the decoder advances one token per call with its KV cache, which is
-    expanded to ``B * beam_size`` rows on the second call and reordered with the beams."""
+def t5_beam_step(t5, src, mask):
+    """The ``step`` of :func:`constrained_beam_search` (and :func:`exact_scores`) for a T5: the
+    encoder runs once on ``src [B, S]``; the decoder advances one token per call with its KV
+    cache, reordered with the rows (``B * beam_size`` from the second call of a beam search; any
+    number of rows per user for exact scoring)."""
     from transformers.modeling_outputs import BaseModelOutput
 
     B = src.shape[0]
     encoder = t5.get_encoder()(input_ids=src, attention_mask=mask, return_dict=True)
-    state = {"enc": encoder.last_hidden_state, "mask": mask, "cache": None}
+    state = {"enc": encoder.last_hidden_state, "mask": mask, "cache": None, "rows": None}
 
     def step(tokens, reorder):
         if tokens is None:
             tokens = src.new_full((B, 1), t5.config.decoder_start_token_id)
+            state["rows"] = torch.arange(B, device=src.device)   # the user of each row
         else:
-            if state["enc"].shape[0] != tokens.shape[0]:   # first expansion to B * K rows
-                state["enc"] = state["enc"].repeat_interleave(beam_size, 0)
-                state["mask"] = state["mask"].repeat_interleave(beam_size, 0)
+            if len(reorder) != len(state["rows"]):   # more rows per user (beam expansion, exact scoring)
+                state["rows"] = state["rows"][reorder]
+                state["enc"] = encoder.last_hidden_state[state["rows"]]
+                state["mask"] = mask[state["rows"]]
             state["cache"].reorder_cache(reorder)
         out, state["cache"] = cached_forward(
             t5, state["cache"], encoder_outputs=BaseModelOutput(last_hidden_state=state["enc"]),

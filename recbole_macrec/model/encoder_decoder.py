@@ -4,14 +4,17 @@ A task's source is a prompt token, then a history's or one item's tokens in one 
 its target is the target item's L tokens in a view, then eos. Inputs are built on the device from
 RecBole batches.
 """
+from logging import getLogger
+
 import torch
-import torch.nn.functional as F
 from transformers import T5Config, T5ForConditionalGeneration
 
 from recbole_macrec.errors import SettingError
 from recbole_macrec.model.beam_search import t5_beam_step
+from recbole_macrec.model.dropout_mask import dropout
 from recbole_macrec.model.packing import IGNORE, stack_rows
 from recbole_macrec.model.semantic_id_recommender import SemanticIdRecommender, load_code_tables, model_views
+from recbole_macrec.model.t5_training import cross_entropy_per_token, encoder_states, supports, t5_logits
 from recbole_macrec.model.vocab import EOS, PAD
 
 # task -> (source view, source kind, target view), views by position in ``gr_views`` (v1 = 0,
@@ -88,6 +91,12 @@ class EncoderDecoderRecommender(SemanticIdRecommender):
             dropout_rate=config["dropout_rate"], feed_forward_proj=config["feed_forward_proj"] or "relu",
             pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
         ))
+        self.fast_train = config["gr_fast_train"] is not False and supports(self.t5)
+        self.train_dropout = dropout   # the lean forward's dropout (benchmarks swap in torch's)
+        if config["gr_fast_train"] is not False and not self.fast_train:
+            getLogger().warning(f"gr_fast_train: the lean training forward computes relu T5s only "
+                                f"(feed_forward_proj={self.t5.config.feed_forward_proj}): training uses "
+                                f"transformers' forward")
 
     # ---- token construction (all on the device) -------------------------------------------
     def history_source(self, view, item_seq, item_len, task, max_len=None):
@@ -140,14 +149,25 @@ class EncoderDecoderRecommender(SemanticIdRecommender):
         targets = [self.target_tokens(view, items) for view in self.views[:2]]
         return stack_rows(sources, from_view, PAD), stack_rows(targets, 1 - from_view, IGNORE)
 
+    def seq2seq_logits(self, src, mask, decoder_input_ids):
+        """``[B, T, vocab]``: the T5's logits; while training with ``gr_fast_train``, computed by
+        the lean forward of :mod:`t5_training` (the same function, fewer operations)."""
+        if self.training and self.fast_train:
+            return t5_logits(self.t5, src, mask, decoder_input_ids, self.train_dropout)
+        return self.t5(input_ids=src, attention_mask=mask, decoder_input_ids=decoder_input_ids,
+                       return_dict=True).logits
+
+    def encoder_hidden_states(self, tokens, mask):
+        """``[B, S, d]``: the T5 encoder's last hidden states (lean while training, as above)."""
+        if self.training and self.fast_train:
+            return encoder_states(self.t5, tokens, mask, self.train_dropout)
+        return self.t5.get_encoder()(input_ids=tokens, attention_mask=mask).last_hidden_state
+
     def token_losses(self, rows):
         """Cross-entropy ``[R, L + 1]`` of each target token given its source, and which count."""
         src, target = rows
-        out = self.t5(input_ids=src, attention_mask=src.ne(PAD),
-                      decoder_input_ids=self.t5._shift_right(target), return_dict=True)
-        token_loss = F.cross_entropy(out.logits.float().transpose(1, 2), target, ignore_index=IGNORE,
-                                     reduction="none")
-        return token_loss, target.ne(IGNORE)
+        logits = self.seq2seq_logits(src, src.ne(PAD), self.t5._shift_right(target))
+        return cross_entropy_per_token(logits, target, IGNORE), target.ne(IGNORE)
 
     # ---- scoring and decoding ----------------------------------------------------------------
     def decode_task(self, view):
@@ -165,7 +185,7 @@ class EncoderDecoderRecommender(SemanticIdRecommender):
 
     def beam_step(self, interaction, view):
         src, mask = self.decode_source(interaction, view)
-        return t5_beam_step(self.t5, src, mask, self.beam_size), src.shape[0]
+        return t5_beam_step(self.t5, src, mask), src.shape[0]
 
     def teacher_forced_scores(self, interaction, view, items):
         """Mean log-probability ``[B]`` of ``items [B]``'s L tokens and the eos after them, given

@@ -41,13 +41,27 @@ def published_fusion(items_a, scores_a, items_b, scores_b, n_items):
     return torch.where(both, (a + b) / 2 + 1, torch.maximum(a, b))
 
 
+def two_views_message(model, config, views):
+    """What to set when ``model`` is given ``views`` (not two)."""
+    where = f"gr_views = {list(config['gr_views'])}" if config["gr_views"] else f"sid_views = {views}"
+    second = "collab" if "collab" not in views else "text"
+    example = ",".join((views[:1] or ["text"]) + [second])
+    text = (f"{model} needs exactly two item views, and {where} gives {len(views)}. Name two in sid_views "
+            f"(and gr_views, if set), e.g. --sid_views=\"[{example}]\" (collab: item factors computed from the "
+            f"training interactions; text: from the .item fields in text_view_fields)")
+    if (config["sid_method"] or "import") == "import":
+        text += (", with --sid_method=macrec to train codes for both (sid_method: import reads published "
+                 "codes, which must exist for both views)")
+    return text + f"; or --model=TIGER for one view"
+
+
 class MACRec(EncoderDecoderRecommender):
     @classmethod
     def check_settings(cls, config):
-        super().check_settings(config)
         views = model_views(config)
-        if len(views) != 2:
-            raise SettingError(f"{cls.__name__} needs exactly two views, gr_views = {views}")
+        if len(views) != 2:   # before the tasks' own checks: this message says what to set
+            raise SettingError(two_views_message(cls.__name__, config, views))
+        super().check_settings(config)
         if (config["fusion"] or "published") not in FUSIONS:
             raise SettingError(f"fusion must be one of {FUSIONS}, got '{config['fusion']}'")
 
@@ -61,7 +75,7 @@ class MACRec(EncoderDecoderRecommender):
     def pooled_states(self, tokens):
         """Mean-pooled encoder states ``[N, d]`` of token rows ``[N, S]`` (pad = 0), one pass."""
         mask = tokens.ne(PAD)
-        states = self.t5.get_encoder()(input_ids=tokens, attention_mask=mask).last_hidden_state
+        states = self.encoder_hidden_states(tokens, mask)
         return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
     def pooled_item_states(self, items):

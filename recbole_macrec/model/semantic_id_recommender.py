@@ -18,11 +18,22 @@ from recbole.utils import InputType
 
 from recbole_macrec.data.device_loader import TASK_FIELD
 from recbole_macrec.errors import SettingError
-from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search, scores_to_matrix
+from recbole_macrec.model.beam_search import (CodeTrie, constrained_beam_search, decoder_rows, exact_scores,
+                                              scores_to_matrix)
 from recbole_macrec.model.packing import pad_cat, row_token_mean, segment_token_means, stack_rows
 from recbole_macrec.model.vocab import SemanticIdVocab
 
 TASK_MIXES = ("released", "per_batch")
+FULL_SORTS = ("beam", "exact")
+
+
+def full_sort_setting(config):
+    """``gr_full_sort``: ``beam`` (constrained beam search, ``beam_size`` items per view) or
+    ``exact`` (every item scored; each view's exact top ``beam_size``, fused as the beams are)."""
+    mode = config["gr_full_sort"] or "beam"
+    if mode not in FULL_SORTS:
+        raise SettingError(f"gr_full_sort must be one of {', '.join(FULL_SORTS)}, got '{mode}'")
+    return mode
 
 
 def task_mix_setting(config):
@@ -82,6 +93,7 @@ class SemanticIdRecommender(SequentialRecommender):
             raise SettingError(f"beam_size={beam} is smaller than the largest top-k ({topk}): "
                                f"the evaluator would rank items the beam never scored")
         task_mix_setting(config)
+        full_sort_setting(config)
         if (config["sid_method"] or "import") != "import":
             QuantizerParams.from_config(config, config["sid_method"])
 
@@ -93,6 +105,10 @@ class SemanticIdRecommender(SequentialRecommender):
         self.task_mix = task_mix_setting(config)
         self.pack_tasks = config["gr_pack_tasks"] is not False
         self.beam_size = int(config["beam_size"])
+        self.full_sort = full_sort_setting(config)
+        self.exact_rows = int(config["gr_exact_rows"] or 16384)
+        self.exact_max_cost = float(config["gr_exact_max_cost"] or 1000)
+        self.exact_force = bool(config["gr_exact_force"])
         self.tries = {}
 
     def set_tasks(self, tasks, weights=None):
@@ -201,15 +217,62 @@ class SemanticIdRecommender(SequentialRecommender):
         step, batch_size = self.beam_step(interaction, view)
         return constrained_beam_search(step, batch_size, self.trie(view), self.beam_size, self.eos_id)
 
+    def exact_cost(self, view):
+        """``(decoder rows per user of exact scoring, of beam search)`` in ``view``."""
+        trie = self.trie(view)
+        return decoder_rows(trie), 1 + self.beam_size * trie.num_levels
+
+    def check_exact_cost(self):
+        """Refuse, before any training, exact scoring far costlier than the beam's: more than
+        ``gr_exact_max_cost`` times its decoder rows per user, unless ``gr_exact_force``."""
+        for view in self.inference_views:
+            exact, beam = self.exact_cost(view)
+            if exact > self.exact_max_cost * beam and not self.exact_force:
+                raise SettingError(
+                    f"exact scoring of view '{view}' decodes {exact} rows per user, {exact / beam:.0f}x the "
+                    f"beam's {beam} (beam_size {self.beam_size}), more than gr_exact_max_cost="
+                    f"{self.exact_max_cost:g}: set gr_exact_force: True to run it anyway, or gr_full_sort: beam")
+
+    @torch.no_grad()
+    def exact_item_scores(self, interaction, view):
+        """``[B, n_items]``: every item's score in ``view`` (what beam search ranks by), users in
+        chunks so that a decoder step holds at most ``gr_exact_rows`` rows."""
+        trie = self.trie(view)
+        widest = max(int((t.child >= 0).sum()) for t in trie.levels)
+        chunk = max(1, self.exact_rows // widest)
+        out = []
+        for rows in torch.arange(len(interaction), device=trie.levels[0].child.device).split(chunk):
+            step, batch_size = self.beam_step(interaction[rows], view)
+            out.append(exact_scores(step, batch_size, trie, self.eos_id, self.n_items))
+        return torch.cat(out)
+
+    def exact_top(self, interaction, view):
+        """The exact counterpart of :meth:`beam_search`: the top ``beam_size`` items ``[B, K]`` of
+        :meth:`exact_item_scores` and their scores (-1 / -inf past the catalogue's end)."""
+        scores, items = self.exact_item_scores(interaction, view).topk(min(self.beam_size, self.n_items), dim=1)
+        items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
+        if items.shape[1] < self.beam_size:
+            pad = self.beam_size - items.shape[1]
+            items = torch.cat([items, items.new_full((len(items), pad), -1)], 1)
+            scores = torch.cat([scores, scores.new_full((len(scores), pad), float("-inf"))], 1)
+        return items, scores
+
+    def decode(self, interaction, view, mode=None):
+        """``(items, scores)`` ``[B, beam_size]`` of ``view`` by ``mode`` (default ``gr_full_sort``)."""
+        if (mode or self.full_sort) == "exact":
+            return self.exact_top(interaction, view)
+        return self.beam_search(interaction, view)
+
     def fuse(self, per_view, interaction):
         """Combine ``{view: (items, scores)}`` into ``[B, n_items]``; single view by default."""
         (items, scores), = per_view.values()
         return scores_to_matrix(items, scores, self.n_items)
 
     @torch.no_grad()
-    def full_sort_predict(self, interaction):
-        """``[B, n_items]``: beam scores at the items beam search returned, -inf elsewhere."""
-        per_view = {view: self.beam_search(interaction, view) for view in self.inference_views}
+    def full_sort_predict(self, interaction, mode=None):
+        """``[B, n_items]``: the scores of the items each view's decoding returned (beam search,
+        or with ``gr_full_sort: exact`` each view's exact top ``beam_size``), fused; -inf elsewhere."""
+        per_view = {view: self.decode(interaction, view, mode) for view in self.inference_views}
         return self.fuse(per_view, interaction)
 
     def predict(self, interaction):

@@ -52,6 +52,14 @@ def epochs_for_budget(budget_s, epoch_s, max_epochs, eval_step):
     return epochs, epochs
 
 
+def native_bf16(device):
+    """True where bf16 matrix products run natively: CUDA, or a CPU with AVX512-BF16 or AMX (on
+    other CPUs bf16 is emulated and slower than fp32)."""
+    if torch.device(device).type == "cuda":
+        return True
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def grad_accum_setting(config):
     """``gr_grad_accum``: the micro-batches one optimiser step of ``train_batch_size`` rows is
     computed in (1 = none); it must divide the batch."""
@@ -94,7 +102,7 @@ class GenerativeTrainer(EpochLoop, Trainer):
         self.grad_accum = grad_accum_setting(config)
         self.valid_metric, self.valid_metric_bigger = selection_setting(config)
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
-        self.bf16 = bool(config["gr_bf16"]) and self.device.type == "cuda"
+        self.bf16 = bool(config["gr_bf16"]) and native_bf16(self.device)
         self.bf16_eval = bool(config["gr_bf16_eval"])
         self.warmup_ratio = float(config["warmup_ratio"] or 0.0)
         self.scheduler = None
@@ -116,6 +124,8 @@ class GenerativeTrainer(EpochLoop, Trainer):
         """Plan the epochs of a training budget (not when resuming: the plan is in the state), then
         size the cosine schedule on the optimiser steps the epochs actually take: the task
         mixture's batches, not RecBole's loader's (about 4x as many for MACRec)."""
+        if self.model.full_sort == "exact" or self.config["gr_beam_check"]:
+            self.model.check_exact_cost()   # before minutes of training, not at the first validation
         if self.config["gr_train_budget_s"] and self.start_epoch == 0 and self._resume is None:
             self.plan_epochs(train_data, float(self.config["gr_train_budget_s"]), bool(valid_data))
         total = max(1, self.epochs * len(self.batches_of(train_data)))
