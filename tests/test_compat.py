@@ -41,3 +41,17 @@ def test_trainer_torch_load_reads_recbole_checkpoints(tmp_path):
     # Only RecBole's trainer module sees the trusting load; torch itself is unchanged.
     assert torch.load is not trainer_module.torch.load
     assert trainer_module.torch.nn is torch.nn
+
+
+def test_importing_recboles_sequential_models_leaves_anomaly_detection_off():
+    """RecBole's sine.py turns torch's anomaly detection on at import (2.5x slower backward)."""
+    import torch
+
+    import recbole_macrec  # noqa: F401
+    from recbole_macrec.registry import get_model, recbole_model_names
+
+    get_model("SASRec")
+    recbole_model_names()
+    import recbole.model.sequential_recommender.sine  # noqa: F401
+
+    assert not torch.is_anomaly_enabled()
