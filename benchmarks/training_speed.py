@@ -8,6 +8,9 @@ same model (same initial weights), the same batches and the same device.
 Variants (each from the same initial weights, a fresh AdamW, the same batches, one after another):
   fp32              the step as it was: transformers' forward, torch's dropout, fp32, the token
                     cross-entropy over the transposed [B, V, T] logits
+  fp32, anomaly     the same with torch's anomaly detection on, as every run of a process that had
+                    imported RecBole's sequential models ran before (RecBole's sine.py turns it on;
+                    the plugin now turns it back off)
   contiguous CE     the same with the cross-entropy over a contiguous [B * T, V] view (now always)
   lean forward      the lean T5 forward (recbole_macrec/model/t5_training.py) with torch's dropout
   cheap masks       lean forward + dropout masks from 32 random bits per element (dropout_mask.py)
@@ -87,7 +90,7 @@ class Bench:
 
         self.native_bf16 = bool(run.config["gr_bf16"]) and native_bf16(self.trainer.device)
 
-    def measure(self, lean, cheap_masks, bf16, group=1, compiled=False, seed=None, old_ce=False):
+    def measure(self, lean, cheap_masks, bf16, group=1, compiled=False, seed=None, old_ce=False, anomaly=False):
         """``(seconds per step, losses)`` of ``steps`` steps after the warm-up; with ``group`` > 1
         each step joins ``group`` batches and its seconds are divided by ``group`` (seconds per
         original batch's rows)."""
@@ -115,6 +118,7 @@ class Bench:
                                                     for i in range(0, len(self.batches), group)]
         torch.manual_seed(self.seed if seed is None else seed)
         model.train()
+        torch.autograd.set_detect_anomaly(anomaly)
         try:
             for batch in batches[:WARMUP]:
                 trainer.train_step(batch)
@@ -126,6 +130,7 @@ class Bench:
             synchronize(trainer.device)
             seconds = (time.perf_counter() - start) / self.steps / group
         finally:
+            torch.autograd.set_detect_anomaly(False)
             t5_training.t5_logits, encoder_decoder.cross_entropy_per_token = original, ce
             if fast_train is not None:
                 model.fast_train, model.train_dropout = fast_train, dropout
@@ -145,7 +150,8 @@ def main(argv=None):
     bench = Bench(args.model, args.dataset, overrides, args.steps, args.seed)
     bf16 = bench.native_bf16
     has_t5 = getattr(bench.model, "fast_train", None) is not None
-    variants = {"fp32": dict(lean=False, cheap_masks=False, bf16=False, old_ce=has_t5)}
+    variants = {"fp32": dict(lean=False, cheap_masks=False, bf16=False, old_ce=has_t5),
+                "fp32, anomaly": dict(lean=False, cheap_masks=False, bf16=False, old_ce=has_t5, anomaly=True)}
     if has_t5:
         variants["contiguous CE"] = dict(lean=False, cheap_masks=False, bf16=False)
         variants["lean forward"] = dict(lean=True, cheap_masks=False, bf16=False)
@@ -189,7 +195,8 @@ def main(argv=None):
     device = "cuda" if bench.trainer.device.type == "cuda" else "cpu"
     out = args.out or os.path.join("results", args.dataset, f"training_speed_{args.model}_{device}.json")
     write_json(out, report)
-    print(f"results written to {out}", file=sys.stderr)
+    print(f"results written to {out}; against the step with anomaly detection on (leaderboard runs before): "
+          f"{report['speedup_over_anomaly_step']:.1f}x", file=sys.stderr)
     print(f"{args.model} {args.dataset}: fp32 {base['s_per_step']:.3f} s/step, fast {quick['s_per_step']:.3f} s/step, "
           f"{report['speedup']:.1f}x; loss difference after {args.steps} steps: {report['loss_difference']:+.3f} "
           f"(mean over {args.loss_seeds} dropout seeds, standard error {report['loss_difference_se'] or 0:.3f})")

@@ -59,6 +59,7 @@ def test_rows_whose_lr_reached_zero_or_that_did_not_learn_are_flagged(tmp_path):
     flat = _curve_run("Flat", [(1e-3, 5e-4), (5e-4, 1e-4), (1e-4, 0.0)], [0.3, 0.3, 0.2])
     loss = _curve_run("Loss", [(1e-3, 5e-4), (5e-4, 0.0)], [2.0, 1.5], bigger=False)
     assert curve_flags(fine) == [] and curve_flags(loss) == []
+    assert curve_flags(_curve_run("Short", [(1e-3, 5e-4), (5e-4, 0.0)], [0.2, 0.1])) == []   # 2 validations
     assert curve_flags(lr_zero) == ["LR reached 0 before its last epoch"]
     assert curve_flags(flat) == ["did not learn (validation never improved after its first evaluation)"]
     rows = leaderboard.aggregate([fine, lr_zero, flat])

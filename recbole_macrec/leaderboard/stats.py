@@ -27,15 +27,16 @@ def timing_summary(group):
 
 def curve_flags(run):
     """What a run's learning curve shows went wrong (a list of short phrases): the learning rate
-    at 0 before the last epoch (a schedule sized on fewer steps than trained), or a validation
-    score that never improved after its first evaluation ("did not learn")."""
+    at 0 before the last epoch (a schedule sized on fewer steps than trained), or, over at least
+    three validations, a validation score that never improved after the first ("did not learn";
+    two validations are too few to say so)."""
     curve = run.get("curve") or []
     flags = []
     if any(c["lr_start"] == 0 for c in curve) or any(c["lr_end"] == 0 for c in curve[:-1]):
         flags.append("LR reached 0 before its last epoch")
     scores = [c["valid_score"] for c in curve if "valid_score" in c]
     bigger = run.get("valid_score_bigger", True)
-    if len(scores) > 1 and not any((s > scores[0]) if bigger else (s < scores[0]) for s in scores[1:]):
+    if len(scores) > 2 and not any((s > scores[0]) if bigger else (s < scores[0]) for s in scores[1:]):
         flags.append("did not learn (validation never improved after its first evaluation)")
     return flags
 
