@@ -70,7 +70,9 @@ def main(argv=None):
         c = checks[beam]
         print(f"beam {beam}: recall@{args.k} {c['recall_mean']:.3f} (median {c['recall_quantiles']['0.5']:.2f}, "
               f"10% {c['recall_quantiles']['0.1']:.2f}); NDCG@{args.k} beam {c['ndcg_beam']:.4f} vs exact "
-              f"{c['ndcg_exact']:.4f}; {c['beam_s']:.1f} s beam, {c['exact_s']:.1f} s exact", file=sys.stderr)
+              f"{c['ndcg_exact']:.4f}; {c['beam_s']:.1f} s beam, {c['exact_s']:.1f} s exact; decoder rows per user "
+              + ", ".join(f"{v} {r['exact']} exact vs {r['beam']} beam" for v, r in c["decoder_rows"].items()),
+              file=sys.stderr)
     model.beam_size = configured
     report = {"model": args.model, "dataset": args.dataset, "users": args.users, "k": args.k,
               "machine": machine_description(), "overrides": overrides, **facts,

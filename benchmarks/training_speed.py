@@ -187,6 +187,7 @@ def main(argv=None):
         "rounds": args.rounds, "train_batch_size": int(bench.config["train_batch_size"]), "overrides": overrides,
         "variants": results, "speedup": round(base["s_per_step"] / quick["s_per_step"], 3),
         "speedup_per_lever": {name: round(base["s_per_step"] / r["s_per_step"], 3) for name, r in results.items()},
+        "speedup_over_anomaly_step": round(results["fp32, anomaly"]["s_per_step"] / quick["s_per_step"], 3),
         "loss_difference": round(statistics.mean(differences), 5),
         "loss_difference_se": round(statistics.stdev(differences) / len(differences) ** 0.5, 5)
         if len(differences) > 1 else None,

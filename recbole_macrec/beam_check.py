@@ -34,7 +34,8 @@ def _ndcg(items, valid, target, k):
 def beam_check(model, eval_data, users, k=10):
     """Beam vs exact on the first ``users`` users of ``eval_data`` (a RecBole full-sort loader).
     Returns ``{"users", "k", "beam_size", "recall_mean", "recall_quantiles", "recall_counts",
-    "ndcg_beam", "ndcg_exact", "beam_s", "exact_s"}`` (seconds: decoding those users)."""
+    "ndcg_beam", "ndcg_exact", "beam_s", "exact_s", "decoder_rows"}`` (seconds: decoding those
+    users; decoder rows per user and view, exact vs beam)."""
     model.eval()
     device = next(model.parameters()).device
     recalls, ndcg_beam, ndcg_exact, seconds = [], [], [], {"beam": 0.0, "exact": 0.0}
@@ -70,4 +71,5 @@ def beam_check(model, eval_data, users, k=10):
             "recall_quantiles": {q: float(np.quantile(recalls, float(q))) for q in ("0", "0.1", "0.5", "0.9", "1")},
             "recall_counts": {str(v): int(c) for v, c in zip(values, counts)},
             "ndcg_beam": float(np.concatenate(ndcg_beam).mean()), "ndcg_exact": float(np.concatenate(ndcg_exact).mean()),
-            "beam_s": round(seconds["beam"], 3), "exact_s": round(seconds["exact"], 3)}
+            "beam_s": round(seconds["beam"], 3), "exact_s": round(seconds["exact"], 3),
+            "decoder_rows": {view: dict(zip(("exact", "beam"), model.exact_cost(view))) for view in model.inference_views}}

@@ -133,6 +133,7 @@ def test_beam_check_in_the_run_json(tiny_dataset):
     assert check["users"] == 12 and check["k"] == 10 and check["beam_size"] == 10
     assert 0 <= check["recall_mean"] <= 1 and sum(check["recall_counts"].values()) == 12
     assert check["exact_s"] > 0 and check["beam_s"] > 0
+    assert all(rows["exact"] > rows["beam"] > 1 for rows in check["decoder_rows"].values())
     wide = run_recbole("MACRec", "tiny", config_dict={**settings, "beam_size": 40})
     check = json.loads(open(wide["result_file"]).read())["beam_check"]
     assert check["recall_mean"] == 1.0 and check["ndcg_beam"] == pytest.approx(check["ndcg_exact"])
