@@ -11,7 +11,7 @@ from recbole_macrec.errors import SettingError
 def _args(tiny_dataset, out, models="Pop,SASRec", seeds=2):
     cfg = tiny_config_dict(tiny_dataset)
     sets = [f"{k}={json.dumps(v)}" for k, v in cfg.items()]
-    return [f"--dataset=tiny", f"--models={models}", f"--seeds={seeds}", f"--out={out}", "--set", *sets]
+    return ["--dataset=tiny", f"--models={models}", f"--seeds={seeds}", f"--out={out}", "--set", *sets]
 
 
 def test_two_models_two_seeds_write_all_files(tiny_dataset, workdir):

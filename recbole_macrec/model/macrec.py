@@ -52,7 +52,7 @@ def two_views_message(model, config, views):
     if (config["sid_method"] or "import") == "import":
         text += (", with --sid_method=macrec to train codes for both (sid_method: import reads published "
                  "codes, which must exist for both views)")
-    return text + f"; or --model=TIGER for one view"
+    return text + "; or --model=TIGER for one view"
 
 
 class MACRec(EncoderDecoderRecommender):
