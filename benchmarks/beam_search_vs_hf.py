@@ -15,7 +15,6 @@ codes. The T5 has the official sizes and random weights (the comparison needs no
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -23,12 +22,12 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search  # noqa: E402
-from recbole_macrec.model.beam_search import t5_beam_step  # noqa: E402
-from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab  # noqa: E402
-from recbole_macrec.files import write_json  # noqa: E402
-from recbole_macrec.timing import synchronize  # noqa: E402
+from recbole_macrec.model.beam_search import CodeTrie, constrained_beam_search
+from recbole_macrec.model.beam_search import t5_beam_step
+from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
+from recbole_macrec.files import write_json
+from recbole_macrec.timing import synchronize
+from recbole_macrec.results import machine_description
 
 DEFAULT_CODES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                              "shared", "data", "Instruments", "Instruments.index_lemb.json")
@@ -142,7 +141,7 @@ def main(argv=None):
     score_diff = float((ours_scores - hf_scores).abs().max())
     same_sets = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / args.beam
                                for a, b in zip(ours_items, hf_items)]))
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{platform.machine()} CPU x{os.cpu_count()}"
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else machine_description()
     result = {"device": device, "catalogue": source, "items": n_items, "levels": levels, "users": args.users,
               "batch": args.batch, "beam": args.beam, "identical_lists": identical,
               "max_score_difference": score_diff,

@@ -11,13 +11,13 @@ collision rates, and the process's peak resident memory.
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_macrec.results import machine_description
+
 
 
 def one_size(n, epochs, method, dim=64, seed=0):
@@ -76,7 +76,7 @@ def main(argv=None):
             sys.exit(f"{n} items failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"machine": f"{platform.machine()} CPU x{os.cpu_count()}", "rows": rows}
+    result = {"machine": machine_description(), "rows": rows}
     if args.out:
         from recbole_macrec.files import write_json
 

@@ -16,11 +16,9 @@ before it), so prefixes shorter than L are the trained ones.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VARIANTS = {
     "macrec": {"sid_method": "macrec", "sid_con_variant": "paper"},

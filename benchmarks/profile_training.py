@@ -23,19 +23,17 @@ import argparse
 import copy
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader  # noqa: E402
-from recbole_macrec.config import parse_overrides  # noqa: E402
-from recbole_macrec.quick_start import build_run  # noqa: E402
-from recbole_macrec.results import machine_description  # noqa: E402
-from recbole_macrec.trainer.generative_trainer import GenerativeTrainer  # noqa: E402
-from recbole_macrec.files import write_json  # noqa: E402
-from recbole_macrec.timing import synchronize  # noqa: E402
+from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader
+from recbole_macrec.config import parse_overrides
+from recbole_macrec.quick_start import build_run
+from recbole_macrec.results import machine_description
+from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
+from recbole_macrec.files import write_json
+from recbole_macrec.timing import synchronize
 
 
 def seconds_per_batch(batches, device, n):

@@ -12,17 +12,15 @@ real decoder's do), listed by (score, item) so that exactly tied scores cannot r
 """
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_macrec.model.beam_search import DENSE_LIMIT, CodeTrie, constrained_beam_search  # noqa: E402
-from recbole_macrec.files import write_json  # noqa: E402
+from recbole_macrec.model.beam_search import DENSE_LIMIT, CodeTrie, constrained_beam_search
+from recbole_macrec.files import write_json
+from recbole_macrec.results import machine_description
 
 LEVELS, SIZE, EOS = 4, 256, 1
 
@@ -102,7 +100,7 @@ def main(argv=None):
         print(json.dumps(rows[-1]), flush=True)
         if not rows[-1]["identical_items"]:
             sys.exit(f"{n} items: dense and automatic tries decode different items")
-    result = {"machine": f"{platform.machine()} CPU x{os.cpu_count()}", "torch_threads": torch.get_num_threads(),
+    result = {"machine": machine_description(), "torch_threads": torch.get_num_threads(),
               "levels": LEVELS, "codebook": SIZE, "users": args.users, "beam": args.beam, "rows": rows}
     if args.out:
         write_json(args.out, result)   # (creates the folder)

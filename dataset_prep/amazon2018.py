@@ -33,10 +33,9 @@ import urllib.request
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_macrec.data.atomic import write_atomic  # noqa: E402
-from recbole_macrec.data.item_views import save_item_view  # noqa: E402
-from recbole_macrec.files import atomic_path, move_into, temp_dir  # noqa: E402
+from recbole_macrec.data.atomic import write_atomic
+from recbole_macrec.data.item_views import save_item_view
+from recbole_macrec.files import atomic_path, move_into, temp_dir
 
 SAFE_ASIN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # an ASIN becomes a file name: nothing else may
 IMAGE_SCHEMES = ("http://", "https://")          # file:// and others would read local files

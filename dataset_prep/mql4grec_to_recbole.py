@@ -35,10 +35,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_macrec.data.atomic import write_atomic  # noqa: E402
-from recbole_macrec.data.item_views import save_item_view  # noqa: E402
-from recbole_macrec.files import move_into, temp_dir  # noqa: E402
+from recbole_macrec.data.atomic import write_atomic
+from recbole_macrec.data.item_views import save_item_view
+from recbole_macrec.files import move_into, temp_dir
 
 # Published file suffixes -> view names (MQL4GRec: LLaMA text embeddings, CLIP ViT image embeddings).
 DEFAULT_VIEW_NAMES = {"lemb": "text", "vitemb": "image", "llama-td": "text", "ViT-L-14": "image"}

@@ -96,23 +96,6 @@ def model_yamls(model_class):
             if (path := PROPERTIES_DIR / "model" / f"{cls.__name__}.yaml").is_file()]
 
 
-def share_cores(nproc):
-    """Give this process ``cores // nproc`` torch threads (at least 1) when ``nproc`` CPU processes
-    share the machine, unless the user set ``OMP_NUM_THREADS``: each process would otherwise start
-    as many threads as there are cores, and two processes on two cores slowed each other ~16x.
-    Returns what was done, for the log."""
-    import os
-
-    import torch
-
-    cores = os.cpu_count() or 1
-    if os.environ.get("OMP_NUM_THREADS"):
-        return f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, as set)"
-    threads = max(1, cores // max(1, nproc))
-    torch.set_num_threads(threads)
-    return f"{threads} threads: {cores} cores shared by {nproc} processes (set OMP_NUM_THREADS to choose)"
-
-
 class Config(RecBoleConfig):
     """Precedence, lowest first: RecBole's own yaml, the plugin's ``overall.yaml`` and ``semantic_ids.yaml``, the plugin's
     ``model/<Class>.yaml`` of each class of the model, base classes first (shared settings live
@@ -139,12 +122,14 @@ class Config(RecBoleConfig):
         gpu_id = cfg["gpu_id"]
         cfg["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
         os.environ["CUDA_VISIBLE_DEVICES"] = cfg["gpu_id"]
+        from recbole_macrec.distributed import global_rank, share_cores
+
         backend = cfg.get("ddp_backend") or ("nccl" if torch.cuda.is_available() and cfg["use_gpu"] else "gloo")
-        rank = cfg["local_rank"] + cfg["offset"]
+        cfg["single_spec"] = False
+        rank = global_rank(cfg)
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, rank=rank, world_size=cfg["world_size"],
                                     init_method=f"tcp://{cfg['ip']}:{cfg['port']}")
-        cfg["single_spec"] = False
         if backend == "nccl":
             cfg["device"] = torch.device("cuda", cfg["local_rank"])
             torch.cuda.set_device(cfg["local_rank"])

@@ -62,7 +62,7 @@ def settings_digest(settings):
 def write_result_file(config, result, ranks=None):
     """Write one run's results as json under ``config['results_dir']`` (and ``ranks``, the per-user
     ranks of the test target, beside it: :func:`ranks_path`); returns the json path."""
-    out_dir = config["results_dir"] or "saved/results"
+    out_dir = config["results_dir"]
     os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     stem = os.path.join(out_dir, f"{config['model']}-{config['dataset']}-{stamp}")
@@ -76,3 +76,45 @@ def write_result_file(config, result, ranks=None):
             np.savez_compressed(tmp, users=users, rank=rank)
     write_json(path, result)
     return path
+
+
+def result_record(run, fitted, config_files):
+    """A run's result file content, without its path: ``run`` is the runner's :class:`Run`,
+    ``fitted`` its :class:`Fitted` (trainer, best validation, test result, timer, recorder)."""
+    import torch
+
+    config, trainer = run.config, fitted.trainer
+    result = {
+        "model": config["model"],
+        "label": config["run_label"] or getattr(run.model, "label", config["model"]),
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "epochs": trainer.epochs,   # as trained: memory-based models run 1, budgets plan their own
+        "epochs_run": len(trainer.train_loss_dict),
+        "best_valid_score": float(fitted.best_valid_score),
+        "valid_score_bigger": getattr(trainer, "valid_metric_bigger", config["valid_metric_bigger"]),
+        "best_valid_result": metric_values(fitted.best_valid_result),
+        "test_result": metric_values(fitted.test_result),
+        "timing": fitted.timer.summary(),
+        "curve": getattr(trainer, "curve", None),
+        "best_epoch": getattr(trainer, "best_epoch", None),
+        "early_stopped": getattr(trainer, "stopped", None),
+        "machine": machine_description(),
+        "torch_threads": torch.get_num_threads(),
+        "config_files": list(config_files or []),
+        "settings": run.settings,
+        "settings_digest": settings_digest(run.settings),
+    }
+    if getattr(trainer, "budget_plan", None):
+        result["train_budget"] = trainer.budget_plan
+    if getattr(trainer, "beam_check", None):
+        result["beam_check"] = trainer.beam_check
+    if getattr(trainer, "schedule", None):
+        result["schedule"] = trainer.schedule
+    if getattr(trainer, "resumed_at_epoch", None) is not None:
+        result["resumed_at_epoch"] = trainer.resumed_at_epoch
+    if run.semantic_ids is not None:
+        result["semantic_ids"] = semantic_id_summary(run.semantic_ids.report, run.semantic_ids.data_path)
+    if run.dropped_interactions is not None:
+        result["dropped_interactions"] = run.dropped_interactions
+    return result

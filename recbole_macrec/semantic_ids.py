@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_macrec.code_metrics import CODES_BEFORE, save_codes_before
-from recbole_macrec.data.atomic import atomic_file, interactions_without_item_row, read_atomic, write_atomic
+from recbole_macrec.data.atomic import atomic_file, interactions_without_item_row, read_atomic, sid_field, write_atomic
 from recbole_macrec.data.default_views import catalogue_and_train_pairs, data_digest, ensure_item_views
 from recbole_macrec.data.item_views import item_view_path, work_dir
 from recbole_macrec.errors import DataError, require_items
@@ -36,10 +36,6 @@ COPIED_SUFFIXES = ("inter", "user")
 
 class SemanticIdError(DataError):
     pass
-
-
-def sid_field(view):
-    return f"{view}_sid"
 
 
 def settings_key(config, method, views, params):
@@ -240,16 +236,22 @@ def _publish(tmp, out):
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def build_semantic_ids(config, method=None, force=False, show_progress=None):
-    """Make sure ``sid-<method>/`` is current for ``config``'s dataset; return its folder."""
-    logger = getLogger()
+def check_settings(config, method=None):
+    """``(method, views, QuantizerParams)`` of the pre-stage ``config`` asks for; a clear error,
+    naming the setting, for any it cannot use (the runner calls it before any work)."""
     method = method or config["sid_method"]
     if method not in METHODS:
-        raise SemanticIdError(f"unknown sid method '{method}' (expected one of {', '.join(METHODS)})")
+        raise SemanticIdError(f"unknown sid_method '{method}' (expected one of {', '.join(METHODS)})")
     views = list(config["sid_views"] or [])
     if not views:
         raise SemanticIdError("sid_views is empty: name the item views to quantise")
-    params = QuantizerParams.from_config(config, method)
+    return method, views, QuantizerParams.from_config(config, method)
+
+
+def build_semantic_ids(config, method=None, force=False, show_progress=None):
+    """Make sure ``sid-<method>/`` is current for ``config``'s dataset; return its folder."""
+    logger = getLogger()
+    method, views, params = check_settings(config, method)
     # Views the project computes itself must exist (and be current) before they are hashed.
     loaded = ensure_item_views(config, views) if method != "import" else None
     key = settings_key(config, method, views, params)
@@ -359,7 +361,7 @@ def main(argv=None):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     try:
-        out = build_semantic_ids(config, args.method or config["sid_method"] or "macrec", args.force)
+        out = build_semantic_ids(config, args.method or config["sid_method"], args.force)
     except (SemanticIdError, ValueError) as err:
         sys.exit(f"error: {err}")
     report = read_report(out)

@@ -8,7 +8,6 @@ import recbole_macrec  # noqa: F401  (compat shims)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +116,14 @@ def build_model(model_name, data_path, **extra):
     train, valid, test = data_preparation(config, create_dataset(config))
     init_seed(config["seed"], True)
     return model_class(config, train._dataset), config, (train, valid, test)
+
+
+def training_batch(model, config, data):
+    """The first batch the generative trainer trains ``model`` on (a task-mixture batch under
+    ``gr_task_mix: released``, RecBole's under ``per_batch``)."""
+    from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
+
+    return next(iter(GenerativeTrainer(config, model).batches_of(data[0])))
 
 
 def assert_training_lowers_loss(model, batch, steps=15, factor=0.8):

@@ -134,8 +134,7 @@ def test_metadata_with_unsafe_asins_is_counted_and_left_out(tmp_path):
 
 
 def _tiny_image_encoder(path):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                                    num_attention_heads=2, image_size=16, patch_size=8,

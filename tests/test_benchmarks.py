@@ -1,15 +1,12 @@
-"""The profiling benchmark's measurements, on the CPU."""
+"""The benchmarks (profile, training speed, beam vs exact) run as documented, on the CPU."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_T5, tiny_config_dict, write_codes
+from conftest import TINY_T5, build_model, tiny_config_dict, write_codes
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import profile_training  # noqa: E402
+import profile_training
 
 
 def test_flops_per_step_counts_forward_and_backward_of_a_known_product():
@@ -48,7 +45,6 @@ def test_profile_reports_new_path_flops_and_speedup(tiny_dataset):
 @pytest.mark.parametrize("model_name", ["TIGER", "MACRec"])
 def test_epoch_flops_equal_the_count_over_every_batch(tiny_dataset, model_name):
     """The per-length shortcut gives the same epoch FLOPs as counting every batch of the epoch."""
-    from conftest import build_model
     from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
 
     write_codes(tiny_dataset / "tiny")
@@ -80,3 +76,39 @@ def test_beam_benchmark_last_line_reports_identical_lists_equal_scores_and_ratio
     last = capsys.readouterr().out.strip().splitlines()[-1]
     match = re.fullmatch(r"identical lists: (yes|no); max score difference: (\S+); ratio: ([\d.]+)x", last)
     assert match and match.group(1) == "yes" and float(match.group(2)) < 1e-3
+
+
+def test_training_speed_benchmark_runs_as_documented(tiny_dataset, workdir):
+    import json
+
+    from conftest import TINY_T5, tiny_config_dict
+
+    import training_speed
+
+    write_codes(tiny_dataset / "tiny")
+    settings = {**tiny_config_dict(tiny_dataset), **TINY_T5, "train_batch_size": 8}   # dropout 0: comparable losses
+    argv = ["--model=TIGER", "--dataset=tiny", "--steps=4", "--rounds=1", "--loss-seeds=2", f"--out={workdir / 'speed.json'}"] \
+        + [f"--{k}={json.dumps(v)}" for k, v in settings.items()]
+    report = training_speed.main(argv)
+    saved = json.loads((workdir / "speed.json").read_text())
+    assert saved["speedup"] == report["speedup"] > 0
+    assert {"fp32", "contiguous CE", "lean forward", "cheap masks", "fast", "fast, batch x4"} <= set(saved["variants"])
+    # dropout off: every variant in fp32 trains the same function
+    assert saved["variants"]["lean forward"]["losses"][0] == pytest.approx(saved["variants"]["fp32"]["losses"][0],
+                                                                           rel=1e-4)
+
+
+def test_beam_vs_exact_benchmark_runs_as_documented(tiny_dataset, workdir, capsys):
+    import beam_vs_exact
+
+    write_codes(tiny_dataset / "tiny")
+    settings = {**tiny_config_dict(tiny_dataset), **TINY_T5, "topk": [1, 5, 10]}
+    argv = ["--model=TIGER", "--dataset=tiny", "--epochs=1", "--users=15", "--beams=10,40",
+            f"--out={workdir / 'beam.json'}"] + [f"--{k}={json.dumps(v)}" for k, v in settings.items()]
+    report = beam_vs_exact.main(argv)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("beam recall@10: ") and last.endswith("(15 users)")
+    assert set(report["checks"]) == {"10", "20", "40"}   # the configured beam_size is always checked
+    assert report["checks"]["40"]["recall_mean"] == 1.0
+    saved = json.loads((workdir / "beam.json").read_text())
+    assert saved["checks"]["20"]["users"] == 15

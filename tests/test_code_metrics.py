@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config_dict, TINY_T5, write_codes
+from conftest import TINY_T5, tiny_config_dict, write_codes
 from recbole_macrec.code_metrics import code_level_ranks, metrics_from_ranks
 
 

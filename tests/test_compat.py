@@ -55,3 +55,23 @@ def test_importing_recboles_sequential_models_leaves_anomaly_detection_off():
     import recbole.model.sequential_recommender.sine  # noqa: F401
 
     assert not torch.is_anomaly_enabled()
+
+
+class PickledObject:
+    """Stands for the Config RecBole pickles into its checkpoints."""
+
+
+def test_checkpoints_from_elsewhere_are_loaded_weights_only(tmp_path):
+    import pickle
+
+    import recbole.trainer.trainer as trainer_module
+    import torch
+
+    torch_view = trainer_module.torch
+    ours = tmp_path / "ours.pth"
+    torch_view.save({"obj": PickledObject()}, ours)      # as RecBole's trainer saves
+    assert isinstance(torch_view.load(ours)["obj"], PickledObject)
+    theirs = tmp_path / "theirs.pth"
+    torch.save({"obj": PickledObject()}, theirs)          # a file this run did not write
+    with pytest.raises(pickle.UnpicklingError):
+        torch_view.load(theirs)

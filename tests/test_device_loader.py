@@ -1,3 +1,4 @@
+
 import pytest
 import torch
 
@@ -186,3 +187,30 @@ def test_ranks_take_disjoint_slices_of_every_batch_that_together_are_the_epoch(t
     if mixture:
         batch = next(iter(loader(1, 2)))
         assert TASK_FIELD in batch
+
+
+def test_mixture_steps_each_hold_the_item_rows_share_of_a_shuffle(tiny_dataset):
+    """Length grouping alone would gather the length-1 item rows into a few steps; every step
+    must hold its share of them (within one row), as a shuffled mixture does on average."""
+    from recbole_macrec.data.device_loader import TASK_FIELD, TaskMixtureLoader
+
+    write_codes(tiny_dataset / "tiny")
+    model, config, data = build_model("MACRec", tiny_dataset, train_batch_size=16)
+    fields = {"seq": model.ITEM_SEQ, "length": model.ITEM_SEQ_LEN, "item": model.POS_ITEM_ID}
+    loader = TaskMixtureLoader(data[0], "cpu", fields, model.task_mixture(), model.n_items, group=50, seed=3,
+                               batch_size=16)
+    is_item = torch.tensor([kind != "seq" for _, kind in model.task_mixture()])
+    batches = list(loader)
+    counts = [int(is_item[b[TASK_FIELD]].sum()) for b in batches]
+    share = sum(counts) / sum(len(b) for b in batches)
+    assert sum(counts) == 2 * (model.n_items - 1)
+    assert all(abs(c - share * len(b)) <= 1 for c, b in zip(counts, batches))
+    assert all(len(b) <= 16 for b in batches) and len(batches) == len(loader)
+    # the history rows are still grouped by length: fewer padded positions than a plain shuffle
+    plain = TaskMixtureLoader(data[0], "cpu", fields, model.task_mixture(), model.n_items, group=1, seed=3,
+                              batch_size=16)
+
+    def padding(epoch):
+        return sum(int(b[model.ITEM_SEQ_LEN].max()) * len(b) - int(b[model.ITEM_SEQ_LEN].sum()) for b in epoch)
+
+    assert padding(batches) < padding(list(plain))

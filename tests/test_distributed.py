@@ -140,3 +140,21 @@ def test_two_nodes_of_one_process_each_on_localhost(tiny_dataset, workdir):
     assert all(node.returncode == 0 for node in nodes), [o[1][-2000:] for o in outs]
     assert len(list((workdir / "node0" / "saved" / "results").glob("*.json"))) == 1
     assert not (workdir / "node1" / "saved" / "results").exists()
+
+
+def test_cpu_processes_share_the_cores_unless_the_user_set_threads(monkeypatch):
+    import torch
+
+    from recbole_macrec.config import share_cores
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        said = share_cores(2)
+        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 2)
+        assert "shared by 2 processes" in said
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert "as set" in share_cores(2) and torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

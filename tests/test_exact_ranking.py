@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_T5, build_model, tiny_config_dict, write_codes
+from conftest import TINY_T5, build_model, tiny_config_dict, training_batch, write_codes
 from recbole_macrec.errors import SettingError
 
 TINY_LM = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -20,7 +20,7 @@ def _trained(tiny_dataset, name, **extra):
     model, config, data = build_model(name, tiny_dataset, **extra)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     model.train()
-    batch = next(iter(data[0]))
+    batch = training_batch(model, config, data)
     for _ in range(5):
         optimizer.zero_grad()
         model.calculate_loss(batch).backward()
@@ -153,24 +153,3 @@ def test_beam_check_against_a_hand_computed_recall(tiny_dataset):
     expected = [len(set(beam[b].topk(10).indices.tolist()) & set(exact[b].topk(10).indices.tolist())) / 10
                 for b in range(5)]
     assert check["recall_mean"] == pytest.approx(sum(expected) / 5)
-
-
-def test_beam_vs_exact_benchmark_runs_as_documented(tiny_dataset, workdir, capsys):
-    import sys
-
-    from conftest import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import beam_vs_exact
-
-    write_codes(tiny_dataset / "tiny")
-    settings = {**tiny_config_dict(tiny_dataset), **TINY_T5, "topk": [1, 5, 10]}
-    argv = ["--model=TIGER", "--dataset=tiny", "--epochs=1", "--users=15", "--beams=10,40",
-            f"--out={workdir / 'beam.json'}"] + [f"--{k}={json.dumps(v)}" for k, v in settings.items()]
-    report = beam_vs_exact.main(argv)
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("beam recall@10: ") and last.endswith("(15 users)")
-    assert set(report["checks"]) == {"10", "20", "40"}   # the configured beam_size is always checked
-    assert report["checks"]["40"]["recall_mean"] == 1.0
-    saved = json.loads((workdir / "beam.json").read_text())
-    assert saved["checks"]["20"]["users"] == 15

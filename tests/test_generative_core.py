@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, without_cache_deprecation, write_codes
+from conftest import (
+    assert_training_lowers_loss,
+    build_model,
+    tiny_config_dict,
+    training_batch,
+    without_cache_deprecation,
+    write_codes,
+)
 from recbole_macrec.model.beam_search import CodeTrie, scores_to_matrix
 from recbole_macrec.model.vocab import EOS, PAD, SemanticIdVocab
 
@@ -151,14 +158,13 @@ def test_beam_smaller_than_topk_is_a_config_error(tiny_dataset):
 
 
 def test_a_few_steps_lower_the_loss(tiger):
-    model, _, data = tiger
-    assert_training_lowers_loss(model, next(iter(data[0])))
+    model, config, data = tiger
+    assert_training_lowers_loss(model, training_batch(model, config, data))
 
 
 def test_tiger_runs_end_to_end(tiny_dataset):
-    from recbole_macrec.quick_start import run_recbole
-
     from conftest import TINY_T5
+    from recbole_macrec.quick_start import run_recbole
 
     cfg = tiny_config_dict(tiny_dataset, **{**TINY_T5, "sid_method": "rqvae", "sid_views": ["text"],
                                             "text_view_fields": ["title", "class"], "view_dim": 8,
@@ -177,8 +183,8 @@ def test_bf16_autocast_trains_and_decodes_like_fp32(tiny_dataset, model_name):
     """GPU runs train and decode under bf16 autocast (gr_bf16); the CPU's autocast catches dtype
     mismatches in the packed losses and the beam search before a GPU does."""
     write_codes(tiny_dataset / "tiny")
-    model, _, data = build_model(model_name, tiny_dataset)
-    batch = next(iter(data[0]))
+    model, config, data = build_model(model_name, tiny_dataset)
+    batch = training_batch(model, config, data)
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model.calculate_loss(batch)
@@ -200,10 +206,6 @@ def test_bf16_autocast_trains_and_decodes_like_fp32(tiny_dataset, model_name):
 def test_beam_scores_equal_transformers_generate_with_the_released_settings(tiger):
     """transformers' beam search (beam 20, 20 sequences, length_penalty 1, eos only after a full
     item): identical item lists and sequences_scores = (sum of code log-probs + log p(eos)) / (L+1)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from beam_search_vs_hf import hf_generate
 
     model, _, data = tiger

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from conftest import assert_training_lowers_loss, build_model, tiny_config_dict, without_cache_deprecation, write_codes
+from conftest import (
+    assert_training_lowers_loss,
+    build_model,
+    tiny_config_dict,
+    training_batch,
+    without_cache_deprecation,
+    write_codes,
+)
 from recbole_macrec.model.decoder_only import concat_prompt_target, left_pad
 from recbole_macrec.model.lcrec import WordVocab
 from recbole_macrec.model.packing import IGNORE
@@ -66,6 +73,7 @@ def test_task_rows_on_hand_built_batch(lcrec):
 def test_loss_is_computed_on_target_tokens_only(lcrec):
     model, _, data = lcrec
     batch = next(iter(data[0]))
+    model.task_mix = "per_batch"   # the loss of a RecBole batch
     model.set_tasks(["seqrec"])
     ids, mask, labels = model.task_rows("seqrec", batch)
     base = float(model.calculate_loss(batch))
@@ -87,6 +95,7 @@ def _full_logits_task_loss(model, ids, mask, labels):
 def test_all_tasks_in_one_pass_equal_one_pass_per_task(lcrec):
     model, _, data = lcrec
     batch = next(iter(data[0]))
+    model.task_mix = "per_batch"   # every task built from this RecBole batch
     assert model.tasks == ["seqrec", "text2id", "id2text"] and model.pack_tasks
     # the three tasks have different widths, so the packed rows are padded
     widths = {model.task_rows(t, batch)[0].shape[1] for t in model.tasks}
@@ -136,13 +145,13 @@ def test_local_checkpoint_loads_through_pretrained_path(tiny_dataset, tmp_path):
     lm.save_pretrained(ckpt)
     tokenizer.save_pretrained(ckpt)
     write_codes(tiny_dataset / "tiny")
-    model, _, data = build_model("LCRec", tiny_dataset, **TINY_LM, pretrained_path=str(ckpt))
+    model, config, data = build_model("LCRec", tiny_dataset, **TINY_LM, pretrained_path=str(ckpt))
     emb = model.lm.get_input_embeddings().weight
     assert emb.shape[0] == model.vocab.size and min(model.vocab.task_ids.values()) == 7
     torch.testing.assert_close(emb[:7], lm.get_input_embeddings().weight)
     assert model._text[1].tolist()[:2] == [3, 4]  # "item number ..." keeps the base ids
     assert model.label == "LCRec (tiny-llama)"
-    assert_training_lowers_loss(model, next(iter(data[0])))
+    assert_training_lowers_loss(model, training_batch(model, config, data))
 
 
 def test_lcrec_runs_end_to_end(tiny_dataset):

@@ -172,8 +172,8 @@ def test_ingest_takes_a_tar_archive_and_leaves_out_non_run_jsons(tmp_path, capsy
 def test_result_jsons_are_strict_json(workdir):
     """RecBole's -inf best score (a run never validated) is written as null, never as the
     -Infinity that strict JSON readers reject; ingest mends files written before that."""
-    from recbole_macrec.leaderboard import ingest
     from recbole_macrec.files import write_json
+    from recbole_macrec.leaderboard import ingest
 
     def strict_load(path):
         return json.loads(open(path).read(), parse_constant=lambda name: pytest.fail(f"{path}: {name}"))
@@ -275,3 +275,62 @@ def test_a_killed_leaderboard_run_resumes_from_its_saved_state(tiny_dataset, wor
     monkeypatch.setattr(leaderboard.cli, "run_entry", lambda *a: pytest.fail("nothing may run"))
     with pytest.raises(SystemExit, match="a killed run of this row made with other settings"):
         leaderboard.main(_args(tiny_dataset, out, models="SASRec", seeds=1) + ["epochs=3"])
+
+
+def _leaderboard(tiny_dataset, out, *extra):
+    from recbole_macrec import leaderboard
+
+    cfg = tiny_config_dict(tiny_dataset, hidden_size=16, inner_size=16, n_layers=1, n_heads=1)
+    return leaderboard.main(["--dataset=tiny", "--models=SASRec", f"--out={out}", "--set",
+                             *[f"{k}={json.dumps(v)}" for k, v in cfg.items()], *extra])
+
+
+def test_leaderboard_resumes_only_identical_settings(tiny_dataset, workdir, capsys):
+    out = workdir / "lb"
+    _leaderboard(tiny_dataset, out)
+    run = json.loads((out / "runs" / "SASRec-seed2020.json").read_text())
+    assert run["settings"]["hidden_size"] == 16 and run["settings_digest"]
+    _leaderboard(tiny_dataset, out)                       # identical: kept, and it says so
+    assert "SASRec seed 2020: finished earlier with the same settings, kept" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="SASRec-seed2020.json was made with other settings"):
+        _leaderboard(tiny_dataset, out, "hidden_size=32", "--seeds=2")
+    assert not (out / "runs" / "SASRec-seed2021.json").exists()   # refused before anything ran
+    # a run_label names the row and its files: the other setting is its own row
+    _leaderboard(tiny_dataset, out, "hidden_size=32", "run_label='SASRec wide'")
+    assert (out / "runs" / "SASRec_wide-seed2020.json").exists()
+    assert json.loads((out / "runs" / "SASRec-seed2020.json").read_text())["settings"]["hidden_size"] == 16
+    assert "| SASRec wide |" in (out / "leaderboard.md").read_text()
+
+
+def test_runs_of_one_label_with_other_settings_are_separate_rows(tiny_dataset, workdir):
+    from recbole_macrec import leaderboard
+
+    base = {"model": "SASRec", "label": "SASRec", "epochs": 1, "seed": 2020, "wall_time_s": 1.0, "machine": "m",
+            "test_result": {m: 0.1 for m in leaderboard.METRICS}}
+    runs = [{**base, "settings_digest": "a", "path": "x"}, {**base, "settings_digest": "b", "path": "y",
+                                                           "test_result": {m: 0.3 for m in leaderboard.METRICS}}]
+    rows = leaderboard.aggregate(runs)
+    assert sorted(r["label"] for r in rows) == ["SASRec [settings a]", "SASRec [settings b]"]
+    assert sorted(r["ndcg@10"] for r in rows) == [0.1, 0.3]
+
+
+def test_ingest_and_leaderboard_builds_survive_malformed_files(tmp_path, capsys):
+    from recbole_macrec import leaderboard
+
+    src, runs = tmp_path / "src", tmp_path / "runs"
+    src.mkdir()
+    runs.mkdir()
+    good = {"model": "TIGER", "epochs": 3, "seed": 2020, "wall_time_s": 1.0, "machine": "m",
+            "test_result": {m: 0.1 for m in leaderboard.METRICS}}
+    (src / "good.json").write_text(json.dumps(good))
+    (src / "traversal.json").write_text(json.dumps({**good, "seed": "../../evil"}))
+    (src / "partial.json").write_text(json.dumps({"test_result": {}}))
+    (src / "broken.json").write_text("{not json")
+    targets = leaderboard.ingest([src], str(runs))
+    assert [os.path.basename(t) for t in targets] == ["TIGER-e3-seed2020.json"]
+    err = capsys.readouterr().err
+    assert "traversal.json: not a run result ('seed' missing or not int)" in err
+    assert "partial.json: not a run result" in err and "broken.json: not readable json" in err
+    (runs / "junk.json").write_text("[1, 2]")
+    assert [r["model"] for r in leaderboard.load_runs(str(runs))] == ["TIGER"]
+    assert "junk.json: not a run result" in capsys.readouterr().err

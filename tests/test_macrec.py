@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-from conftest import ROOT, assert_training_lowers_loss, build_model, tiny_config_dict, write_codes
+from conftest import ROOT, assert_training_lowers_loss, build_model, tiny_config_dict, training_batch, write_codes
+from recbole_macrec.errors import SettingError
 from recbole_macrec.model.macrec import implicit_alignment_loss, published_fusion
 from recbole_macrec.model.packing import IGNORE, pad_cat, segment_token_means
 from recbole_macrec.model.vocab import EOS
+from recbole_macrec.trainer.generative_trainer import GenerativeTrainer
 
 CROSS_TASKS = {"item_v1_to_v2", "item_v2_to_v1", "seqrec_v1_to_v2", "seqrec_v2_to_v1"}
 
@@ -191,8 +193,8 @@ def test_implicit_states_of_both_views_equal_separate_encoder_passes(macrec):
 
 
 def test_a_few_steps_lower_the_multitask_loss(macrec):
-    model, _, data = macrec
-    assert_training_lowers_loss(model, next(iter(data[0])))
+    model, config, data = macrec
+    assert_training_lowers_loss(model, training_batch(model, config, data))
 
 
 def test_mql4grec_preset(tiny_dataset):
@@ -320,3 +322,40 @@ def test_item_tasks_with_one_view_are_an_error(tiny_dataset):
     write_codes(tiny_dataset / "tiny")
     with pytest.raises(ValueError, match="task 'item_v1_to_v2' needs two views"):
         build_model("TIGER", tiny_dataset, gr_tasks=["seqrec", "item2image"])
+
+
+def test_macrec_with_one_view_stops_before_any_work_naming_the_setting(tiny_dataset):
+    from recbole_macrec.quick_start import run_recbole
+
+    with pytest.raises(SettingError, match=r"MACRec needs exactly two item views, and sid_views = \['text'\] gives 1"
+                                           r".*--sid_views=\"\[text,collab\]\".*--sid_method=macrec"):
+        run_recbole("MACRec", "tiny", config_dict=tiny_config_dict(tiny_dataset, sid_method="import",
+                                                                   sid_views=["text"]))
+    assert not list(tiny_dataset.glob("tiny/sid-*"))
+
+
+def test_without_item_tasks_the_implicit_term_still_gets_its_pairs(tiny_dataset):
+    """w/o explicit removes the four cross-view tasks, not the implicit term: the mixture keeps
+    one pair row per item and direction, which carries no generation loss."""
+    import yaml
+
+    from conftest import ROOT
+    from recbole_macrec.data.device_loader import TASK_FIELD
+
+    write_codes(tiny_dataset / "tiny")
+    switch = yaml.safe_load((ROOT / "properties" / "ablation" / "wo_explicit.yaml").read_text())
+    model, config, data = build_model("MACRec", tiny_dataset, train_batch_size=64, **switch)
+    model.eval()
+    entries = model.task_mixture()
+    assert entries == [("seqrec", "seq"), ("seqrec_v2", "seq"), ("item_v1_to_v2", "pair"), ("item_v2_to_v1", "pair")]
+    trainer = GenerativeTrainer(config, model)
+    batch = next(b for b in trainer.batches_of(data[0]) if int((b[TASK_FIELD] >= 2).sum()) > 1)
+    losses, tokens = model.mixture_losses(batch)
+    assert losses["implicit"] > 0
+    history = batch[batch[TASK_FIELD] < 2]
+    alone, alone_tokens = model.mixture_losses(history)
+    assert float(losses["tasks"]) == pytest.approx(float(alone["tasks"]), rel=1e-5)
+    assert int(tokens) == int(alone_tokens)
+    # no implicit weight: no pair rows at all
+    plain, _, _ = build_model("MACRec", tiny_dataset, implicit_weight=0.0, **switch)
+    assert [kind for _, kind in plain.task_mixture()] == ["seq", "seq"]

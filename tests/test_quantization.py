@@ -3,11 +3,21 @@ import pytest
 import torch
 
 from recbole_macrec.quantization.collisions import (
-    add_extra_level, codebook_stats, collision_rate, colliding_groups, resolve_collisions, sinkhorn_reassign)
+    add_extra_level,
+    codebook_stats,
+    colliding_groups,
+    collision_rate,
+    resolve_collisions,
+    sinkhorn_reassign,
+)
 from recbole_macrec.quantization.kmeans import kmeans, pseudo_labels
 from recbole_macrec.quantization.losses import (
-    cross_modal_level_loss, info_nce_to_positive, pick_positives, self_positive_level_loss,
-    symmetric_info_nce)
+    cross_modal_level_loss,
+    info_nce_to_positive,
+    pick_positives,
+    self_positive_level_loss,
+    symmetric_info_nce,
+)
 from recbole_macrec.quantization.rqvae import sinkhorn
 from recbole_macrec.quantization.train import QuantizerParams, batch_loss, build_models, train_quantizers
 

@@ -1,10 +1,12 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
-
 import pytest
 
-from conftest import tiny_config_dict
+from conftest import ROOT, tiny_config_dict
 from recbole_macrec.quick_start import run_recbole
 from recbole_macrec.registry import available_models, get_model
 
@@ -71,28 +73,28 @@ def test_result_files_of_the_same_second_do_not_overwrite(workdir, monkeypatch):
         "TIGER-tiny-20261127-070000.json", "TIGER-tiny-20261127-070000.ranks.npz"]
 
 
-def test_command_line_values_keep_equals_signs_in_values():
-    from recbole_macrec.config import command_line_values
-
-    values, unrecognized = command_line_values(
-        ["--run_label=TIGER restart=True", "--epochs=5", "--epochs=5", "-x", "--flag", "5", "--=3"])
-    assert values == {"run_label": "TIGER restart=True", "epochs": "5"}
-    assert unrecognized == ["-x", "--flag", "5", "--=3"]
-    with pytest.raises(SyntaxError, match="--epochs is given twice, as '5' and '6'"):
-        command_line_values(["--epochs=5", "--epochs=6"])
-
-
-def test_config_reads_a_value_containing_equals(tiny_dataset, monkeypatch):
-    from recbole_macrec.config import Config
-
-    monkeypatch.setattr("sys.argv", ["run_recbole.py", "--run_label=TIGER restart=True", "--epochs=7"])
-    config = Config("SASRec", "tiny", config_dict=tiny_config_dict(tiny_dataset))
-    assert config["run_label"] == "TIGER restart=True" and config["epochs"] == 7
-
-
 def test_run_recbole_script_rejects_settings_not_of_the_form_key_value(capsys):
     import run_recbole
 
     with pytest.raises(SystemExit):
         run_recbole.main(["--model=TIGER", "--epochs", "5"])
     assert "not understood: --epochs 5" in capsys.readouterr().err
+
+
+def _run_script(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "run_recbole.py"), *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_the_script_reports_bad_settings_in_one_line_before_any_work(tiny_dataset, workdir):
+    base = ["--dataset=tiny", f"--data_path={tiny_dataset}", "--use_gpu=False", "--state=WARNING"]
+    out = _run_script("--model=SASRec", *base, "--epochs=abc", cwd=workdir)
+    assert out.returncode != 0 and "error: epochs must be an integer, got 'abc'" in out.stderr
+    assert "Traceback" not in out.stderr
+    # beam_size < top-k and sid_epochs=0 fail before the pre-stage: no semantic-ID folder appears
+    for bad, message in (("--beam_size=5", "beam_size=5 is smaller than the largest top-k"),
+                         ("--sid_epochs=0", "sid_epochs must be a positive integer")):
+        out = _run_script("--model=TIGER", *base, "--sid_method=rqvae", "--sid_views=[text]",
+                          "--text_view_fields=[title]", bad, cwd=workdir)
+        assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
+        assert not [p for p in os.listdir(tiny_dataset / "tiny") if p.startswith("sid-")]

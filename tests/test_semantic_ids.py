@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import instruments_src, tiny_config_dict
+from conftest import instruments_src, tiny_config_dict, write_codes
 from recbole_macrec.semantic_ids import SemanticIdError, build_semantic_ids, read_report
 
 TINY_SID = dict(sid_views=["text", "collab"], text_view_fields=["title", "class"], view_dim=8,
@@ -169,3 +169,45 @@ def test_another_text_encoder_is_another_setting_with_its_own_folder(tiny_datase
         params = QuantizerParams.from_config(config, "rqvae")
         folders.add(output_dir(config, "rqvae", settings_key(config, "rqvae", ["text"], params)))
     assert len(folders) == 3
+
+
+def _config(data_path, model="SASRec", **kw):
+    from recbole_macrec.config import Config
+
+    return Config(model=model, dataset="tiny", config_dict=tiny_config_dict(data_path, **{**TINY_SID, **kw}))
+
+
+def _derived_items(folder):
+    from recbole_macrec.data.atomic import read_atomic
+
+    return len(read_atomic(os.path.join(folder, "tiny.item"))[0])
+
+
+def test_semantic_id_cache_follows_recboles_filters(tiny_dataset):
+    """A filter changes the catalogue: another folder, never the cached one of other data."""
+    from recbole_macrec.semantic_ids import build_semantic_ids, read_report
+
+    filtered = build_semantic_ids(_config(tiny_dataset, item_inter_num_interval="[10,inf)"), "rqvae",
+                                  show_progress=False)
+    full = build_semantic_ids(_config(tiny_dataset), "rqvae", show_progress=False)
+    assert filtered != full
+    assert _derived_items(full) == 30 and _derived_items(filtered) < 30
+    report = read_report(filtered)
+    assert report["data_settings"]["item_inter_num_interval"] == "[10,inf)" and report["data_digest"]
+    # a user filter changes the training pairs (the collab view): another folder too
+    users = build_semantic_ids(_config(tiny_dataset, user_inter_num_interval="[8,inf)"), "rqvae",
+                               show_progress=False)
+    assert users not in (full, filtered)
+
+
+def test_imported_codes_outside_the_codebook_are_refused(tiny_dataset):
+    from recbole_macrec.semantic_ids import SemanticIdError, build_semantic_ids
+
+    text, _ = write_codes(tiny_dataset / "tiny")
+    text["i4"] = [0, 9, 1]
+    (tiny_dataset / "tiny" / "tiny.text.codes.json").write_text(json.dumps(text))
+    with pytest.raises(SemanticIdError, match=r"item 'i4' has code 9 at level 1, outside the codebook 0..3"):
+        build_semantic_ids(_config(tiny_dataset, sid_views=["text"]), "import", show_progress=False)
+    (tiny_dataset / "tiny" / "tiny.text.codes.json").write_text("{broken")
+    with pytest.raises(SemanticIdError, match=r"tiny.text.codes.json: not valid JSON"):
+        build_semantic_ids(_config(tiny_dataset, sid_views=["text"]), "import", show_progress=False)

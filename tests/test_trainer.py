@@ -1,10 +1,12 @@
-"""GenerativeTrainer's training-time budget and the runner's timing record."""
+"""GenerativeTrainer: the schedule sized on the steps actually taken, gradient accumulation equal to
+one larger step, selection settings, the training-time budget and the runner's timing record."""
 import json
 
 import pytest
 import torch
 
 from conftest import build_model, tiny_config_dict, write_codes
+from recbole_macrec.errors import SettingError
 from recbole_macrec.trainer.generative_trainer import GenerativeTrainer, epochs_for_budget
 
 
@@ -92,3 +94,71 @@ def test_probe_times_a_representative_step(tiny_dataset, monkeypatch, batch_size
         full = batch_size * generative_trainer.PROBE_STEPS
         assert probe in (pytest.approx(batch_size), pytest.approx((full - batch_size + rows % batch_size)
                                                                   / generative_trainer.PROBE_STEPS))
+
+
+def _lr_per_step(trainer):
+    seen = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, a, k: seen.append(opt.param_groups[0]["lr"]))
+    return seen
+
+
+@pytest.mark.parametrize("warmup_ratio", [0.01, 0.1])
+def test_schedule_spans_the_mixture_steps_actually_trained(tiny_dataset, warmup_ratio):
+    """MACRec's mixture holds ~4x as many batches as RecBole's loader: the cosine schedule must
+    end with the last of them (with 1% warm-up, after epoch 1 of 2 the LR is half the peak), and
+    the warm-up lasts warmup_ratio of the steps trained."""
+    write_codes(tiny_dataset / "tiny")
+    model, config, data = build_model("MACRec", tiny_dataset, train_batch_size=16, epochs=2,
+                                      warmup_ratio=warmup_ratio, learning_rate=0.01)
+    trainer = GenerativeTrainer(config, model)
+    lrs = _lr_per_step(trainer)
+    trainer.fit(data[0], saved=False)
+    steps = len(trainer.batches_of(data[0]))
+    assert steps > 3 * len(data[0])   # the mixture is longer than RecBole's loader
+    assert len(lrs) == 2 * steps == trainer.steps_taken
+    if warmup_ratio == 0.01:
+        assert trainer.curve[0]["lr_end"] == pytest.approx(0.005, rel=0.1)
+    assert 0 < lrs[-1] < 1e-4 and trainer.curve[1]["lr_end"] == 0   # the schedule ends with the last step
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert peak + 1 == pytest.approx(warmup_ratio * 2 * steps, abs=1)
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:])) and lrs[-1] < lrs[peak]
+
+
+@pytest.mark.parametrize("model_name", ["TIGER", "MACRec"])
+def test_gradient_accumulation_equals_one_step_of_the_whole_batch(tiny_dataset, model_name):
+    write_codes(tiny_dataset / "tiny")
+    grads = {}
+    for accum in (1, 4):
+        model, config, data = build_model(model_name, tiny_dataset, train_batch_size=32, gr_grad_accum=accum,
+                                          implicit_weight=0.0)
+        trainer = GenerativeTrainer(config, model)
+        batch = next(iter(trainer.batches_of(data[0])))
+        trainer.clip_grad_norm = None
+        trainer.optimizer.step = lambda: None   # keep the weights: compare the gradients
+        loss = trainer.train_step(batch)
+        grads[accum] = (float(loss), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[4][0] == pytest.approx(grads[1][0], rel=1e-5)
+    torch.testing.assert_close(grads[4][1], grads[1][1], rtol=1e-4, atol=1e-7)
+
+
+def test_gradient_accumulation_that_does_not_divide_the_batch_is_named(tiny_dataset):
+    from recbole_macrec.quick_start import run_recbole
+
+    write_codes(tiny_dataset / "tiny")
+    with pytest.raises(SettingError, match="gr_grad_accum=3 does not divide train_batch_size=32"):
+        run_recbole("TIGER", "tiny", config_dict=tiny_config_dict(
+            tiny_dataset, sid_method="import", sid_views=["text", "image"], train_batch_size=32, gr_grad_accum=3))
+
+
+@pytest.mark.parametrize("setting, match", [
+    ({"gr_valid_metric": "NDCG@50"}, "gr_valid_metric='NDCG@50' is neither 'loss' nor a metric"),
+    ({"valid_metric": "MRR@10"}, "valid_metric='MRR@10' is neither"),
+])
+def test_selection_that_names_an_unknown_metric_is_named(tiny_dataset, setting, match):
+    from recbole_macrec.quick_start import run_recbole
+
+    write_codes(tiny_dataset / "tiny")
+    with pytest.raises(SettingError, match=match):
+        run_recbole("TIGER", "tiny", config_dict=tiny_config_dict(
+            tiny_dataset, sid_method="import", sid_views=["text", "image"], **setting))

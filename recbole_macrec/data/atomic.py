@@ -12,6 +12,11 @@ class AtomicFileError(DataError):
     """A missing or malformed atomic file; the message names the file."""
 
 
+def sid_field(view):
+    """The ``.item`` column (``float_seq``) holding the semantic IDs of ``view``."""
+    return f"{view}_sid"
+
+
 def atomic_file(data_dir, dataset, suffix):
     """The path of ``<dataset>.<suffix>`` (inter, item, user) in ``data_dir``."""
     return os.path.join(data_dir, f"{dataset}.{suffix}")

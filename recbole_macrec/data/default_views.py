@@ -149,7 +149,7 @@ def ensure_item_views(config, views):
             raise ItemViewError(
                 f"item view '{view}' not found: {path} (make it with dataset_prep/, or set "
                 f"text_view_fields to compute a text view from the .item file)")
-        dim = config["view_dim"] or 64
+        dim = config["view_dim"]
         if view == "collab":
             items, emb = collab_view(config, dim)
         else:

@@ -88,7 +88,7 @@ class EncoderDecoderRecommender(SemanticIdRecommender):
             vocab_size=self.vocab.size, d_model=config["d_model"], d_kv=config["d_kv"],
             d_ff=config["d_ff"], num_layers=config["num_layers"],
             num_decoder_layers=config["num_decoder_layers"], num_heads=config["num_heads"],
-            dropout_rate=config["dropout_rate"], feed_forward_proj=config["feed_forward_proj"] or "relu",
+            dropout_rate=config["dropout_rate"], feed_forward_proj=config["feed_forward_proj"],
             pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
         ))
         self.fast_train = config["gr_fast_train"] is not False and supports(self.t5)

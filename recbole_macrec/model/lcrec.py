@@ -58,15 +58,15 @@ class LCRec(DecoderOnlyRecommender):
         self.views = self.inference_views = model_views(config)[:1]
         self.view = self.views[0]
         texts = self.item_texts(dataset, config["lcrec_text_fields"] or config["text_view_fields"] or [])
-        tasks = list(config["gr_tasks"] or LCREC_TASKS)
+        tasks = list(config["gr_tasks"])
         if texts is None:
             tasks = ["seqrec"]
             getLogger().warning("LCRec: the dataset has no item text: training seqrec only "
                                 "(no item <-> ID alignment tasks)")
         self.set_tasks(tasks, config["gr_task_weights"])
-        self.text_len = int(config["lcrec_text_len"] or 16)
+        self.text_len = int(config["lcrec_text_len"])
         self.pretrained_path = config["pretrained_path"]
-        self.lora_r = int(config["lora_r"] or 0)
+        self.lora_r = int(config["lora_r"])
         if self.pretrained_path:
             self.lm, base_size, self.pad_id, self.eos_id, encode = self._load_pretrained(config)
             self.sep_id = self.eos_id
@@ -87,7 +87,7 @@ class LCRec(DecoderOnlyRecommender):
                 intermediate_size=config["intermediate_size"], num_hidden_layers=config["num_hidden_layers"],
                 num_attention_heads=config["num_attention_heads"],
                 num_key_value_heads=config["num_key_value_heads"] or config["num_attention_heads"],
-                max_position_embeddings=config["max_position_embeddings"] or 512,
+                max_position_embeddings=config["max_position_embeddings"],
                 pad_token_id=self.pad_id, bos_token_id=self.eos_id, eos_token_id=self.eos_id,
                 tie_word_embeddings=True))
 
@@ -143,8 +143,8 @@ class LCRec(DecoderOnlyRecommender):
 
         self.lm = get_peft_model(self.lm, LoraConfig(
             r=int(config["lora_r"]), lora_alpha=int(config["lora_alpha"] or 2 * config["lora_r"]),
-            lora_dropout=float(config["lora_dropout"] or 0.0),
-            target_modules=list(config["lora_target_modules"] or ["q_proj", "v_proj"]),
+            lora_dropout=float(config["lora_dropout"]),
+            target_modules=list(config["lora_target_modules"]),
             modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM"))
 
     # ---- tasks -----------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def two_views_message(model, config, views):
     text = (f"{model} needs exactly two item views, and {where} gives {len(views)}. Name two in sid_views "
             f"(and gr_views, if set), e.g. --sid_views=\"[{example}]\" (collab: item factors computed from the "
             f"training interactions; text: from the .item fields in text_view_fields)")
-    if (config["sid_method"] or "import") == "import":
+    if config["sid_method"] == "import":
         text += (", with --sid_method=macrec to train codes for both (sid_method: import reads published "
                  "codes, which must exist for both views)")
     return text + "; or --model=TIGER for one view"
@@ -62,15 +62,15 @@ class MACRec(EncoderDecoderRecommender):
         if len(views) != 2:   # before the tasks' own checks: this message says what to set
             raise SettingError(two_views_message(cls.__name__, config, views))
         super().check_settings(config)
-        if (config["fusion"] or "published") not in FUSIONS:
+        if config["fusion"] not in FUSIONS:
             raise SettingError(f"fusion must be one of {FUSIONS}, got '{config['fusion']}'")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.implicit_weight = float(config["implicit_weight"] or 0.0)
-        self.implicit_temperature = float(config["implicit_temperature"] or 0.1)
+        self.implicit_weight = float(config["implicit_weight"])
+        self.implicit_temperature = float(config["implicit_temperature"])
         self.implicit_bidirectional = config["implicit_bidirectional"] is not False
-        self.fusion = config["fusion"] or "published"
+        self.fusion = config["fusion"]
 
     def pooled_states(self, tokens):
         """Mean-pooled encoder states ``[N, d]`` of token rows ``[N, S]`` (pad = 0), one pass."""

@@ -1,21 +1,17 @@
 """Base of every semantic-ID recommender (TIGER, MACRec, MQL4GRec, LCRec).
 
 An item is L code tokens per view. A task maps a source (a history, or one item) to a target
-item's tokens; training is the task mixture, decoding the shared constrained beam search over a
-trie per view. A backbone (``encoder_decoder.py``: T5; ``decoder_only.py``: a causal LM) says how
-a task's rows are built and scored by implementing:
-
-- ``task_rows(task, interaction, max_len)``: a tuple of row-aligned ``[B, S]`` tensors, padded
-  with ``row_pads``;
-- ``token_losses(rows)``: ``(token cross-entropy [R, T], which tokens count [R, T])``;
-- ``beam_step(interaction, view)``: ``(step, batch size)`` for :func:`constrained_beam_search`;
-- ``teacher_forced_scores(interaction, view, items)``: what beam search ranks by, ``[B]``;
-- ``task_kind(task)``: ``"seq"`` (one row per training row) or ``"item"`` (one per catalogue item).
+item's tokens; training is the task mixture, decoding the shared constrained beam search (or
+exact scoring) over a trie per view. A backbone (``encoder_decoder.py``: T5; ``decoder_only.py``:
+a causal LM) says how a task's rows are built and scored: the methods and attributes of
+:class:`SemanticIdRecommender` marked "backbone contract", which raise ``NotImplementedError``
+here.
 """
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_macrec.data.atomic import sid_field
 from recbole_macrec.data.device_loader import TASK_FIELD
 from recbole_macrec.errors import SettingError
 from recbole_macrec.model.beam_search import (CodeTrie, constrained_beam_search, decoder_rows, exact_scores,
@@ -30,7 +26,7 @@ FULL_SORTS = ("beam", "exact")
 def full_sort_setting(config):
     """``gr_full_sort``: ``beam`` (constrained beam search, ``beam_size`` items per view) or
     ``exact`` (every item scored; each view's exact top ``beam_size``, fused as the beams are)."""
-    mode = config["gr_full_sort"] or "beam"
+    mode = config["gr_full_sort"]
     if mode not in FULL_SORTS:
         raise SettingError(f"gr_full_sort must be one of {', '.join(FULL_SORTS)}, got '{mode}'")
     return mode
@@ -41,7 +37,7 @@ def task_mix_setting(config):
     each item task over every catalogue item, shuffled together; loss = mean over a step's target
     tokens) or ``per_batch`` (every task built from each RecBole batch; loss = sum of per-task
     means)."""
-    mix = config["gr_task_mix"] or "released"
+    mix = config["gr_task_mix"]
     if mix not in TASK_MIXES:
         raise SettingError(f"gr_task_mix must be one of {', '.join(TASK_MIXES)}, got '{mix}'")
     return mix
@@ -55,8 +51,6 @@ def model_views(config):
 def load_code_tables(dataset, views):
     """``{view: [n_items, L]}`` long codes by internal item id, from the ``<view>_sid`` item
     features; raises when a view's codes are missing, not integers, or not unique."""
-    from recbole_macrec.semantic_ids import sid_field
-
     item_feat = dataset.get_item_feature()
     tables = {}
     for view in views:
@@ -85,17 +79,19 @@ class SemanticIdRecommender(SequentialRecommender):
     @classmethod
     def check_settings(cls, config):
         """Raise :class:`SettingError` for settings this model cannot use; the runner calls it
-        before any data is loaded or any pre-stage runs."""
-        from recbole_macrec.quantization.train import QuantizerParams
-
+        before any data is loaded or any pre-stage runs (the pre-stage's own settings:
+        :func:`recbole_macrec.semantic_ids.check_settings`)."""
         beam, topk = int(config["beam_size"]), max(config["topk"])
         if beam < topk:
             raise SettingError(f"beam_size={beam} is smaller than the largest top-k ({topk}): "
                                f"the evaluator would rank items the beam never scored")
-        task_mix_setting(config)
+        mix = task_mix_setting(config)
         full_sort_setting(config)
-        if (config["sid_method"] or "import") != "import":
-            QuantizerParams.from_config(config, config["sid_method"])
+        negatives = (config["train_neg_sample_args"] or {}).get("distribution", "none")
+        if mix == "released" and (config["transform"] is not None or negatives not in (None, "none")):
+            raise SettingError("gr_task_mix: released builds its epochs on the device, which needs no "
+                               "negative sampling (train_neg_sample_args) and no transform; use gr_task_mix: "
+                               "per_batch")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -106,11 +102,64 @@ class SemanticIdRecommender(SequentialRecommender):
         self.pack_tasks = config["gr_pack_tasks"] is not False
         self.beam_size = int(config["beam_size"])
         self.full_sort = full_sort_setting(config)
-        self.exact_rows = int(config["gr_exact_rows"] or 16384)
-        self.exact_max_cost = float(config["gr_exact_max_cost"] or 1000)
+        self.exact_rows = int(config["gr_exact_rows"])
+        self.exact_max_cost = float(config["gr_exact_max_cost"])
         self.exact_force = bool(config["gr_exact_force"])
         self.tries = {}
 
+    # ---- the backbone contract ---------------------------------------------------------------
+    row_pads = None   # backbone contract: the padding value of each tensor task_rows returns
+    eos_id = None     # backbone contract: the end token's id (decoding scores it after a full item)
+
+    def task_rows(self, task, interaction, max_len=None):
+        """Backbone contract: the rows of ``task`` for a batch.
+
+        Args:
+            task: a task name this model trains.
+            interaction: a batch with the history (``ITEM_SEQ``, ``ITEM_SEQ_LEN``) and the target
+                item (``POS_ITEM_ID``) per row.
+            max_len: the batch's longest history, when the caller knows it (else read from it).
+        Returns:
+            a tuple of row-aligned ``[B, S_i]`` long tensors (source and target, however the
+            backbone lays them out), each padded with the matching ``row_pads`` value.
+        """
+        raise NotImplementedError
+
+    def token_losses(self, rows):
+        """Backbone contract: per-token training loss of rows built by :meth:`task_rows` (of any
+        tasks, stacked and padded with ``row_pads``).
+
+        Returns:
+            ``(token cross-entropy [R, T], which tokens count [R, T] bool)``.
+        """
+        raise NotImplementedError
+
+    def beam_step(self, interaction, view):
+        """Backbone contract: the network's side of decoding ``view`` for a batch.
+
+        Returns:
+            ``(step, batch size)``: ``step(tokens, reorder)`` as :func:`constrained_beam_search`
+            calls it (also called by :func:`exact_scores`, with any number of rows per user).
+        """
+        raise NotImplementedError
+
+    def teacher_forced_scores(self, interaction, view, items):
+        """Backbone contract: what decoding ranks by, for given items.
+
+        Args:
+            items: ``[B]`` internal item ids, one per row of ``interaction``.
+        Returns:
+            ``[B]``: the mean log-probability of each item's L code tokens in ``view`` and the eos
+            after them, given the row's history.
+        """
+        raise NotImplementedError
+
+    def task_kind(self, task):
+        """Backbone contract: ``"seq"`` (a task with one row per training row: a history as
+        source) or ``"item"`` (one row per catalogue item: the item itself as source)."""
+        raise NotImplementedError
+
+    # ---- tasks and tokens ----------------------------------------------------------------------
     def set_tasks(self, tasks, weights=None):
         """The tasks trained (names this model knows) and their loss weights (default 1.0); tasks
         of weight 0 are left out of training."""
@@ -186,7 +235,10 @@ class SemanticIdRecommender(SequentialRecommender):
         """``(loss, weight)``: the step's loss and what it averages over (target tokens under the
         released mixture, rows under ``per_batch``), so that gradient accumulation can weight
         micro-batches as one pass over their union would."""
-        if TASK_FIELD in interaction:
+        if self.task_mix == "released":
+            if TASK_FIELD not in interaction:
+                raise ValueError("gr_task_mix: released trains on the task mixture's batches "
+                                 "(GenerativeTrainer.batches_of), not on RecBole's loader's")
             losses, tokens = self.mixture_losses(interaction)
             return sum(losses.values()), tokens
         return sum(self.task_losses(interaction).values()), len(interaction)

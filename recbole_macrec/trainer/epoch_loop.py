@@ -21,6 +21,7 @@ import torch
 from recbole.utils import set_color
 
 from recbole_macrec.compat import trust_checkpoint
+from recbole_macrec.distributed import global_rank
 from recbole_macrec.errors import SettingError
 from recbole_macrec.files import atomic_path
 
@@ -188,7 +189,7 @@ class EpochLoop:
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """The best epoch's weights, written atomically (a run killed while writing keeps the
         previous best), without RecBole's pickled ``Config``."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if global_rank(self.config) != 0:
             return
         path = kwargs.pop("saved_model_file", self.saved_model_file)
         state = {"epoch": epoch, "cur_step": self.cur_step, "best_valid_score": float(self.best_valid_score),
@@ -202,7 +203,7 @@ class EpochLoop:
 
     def save_state(self, epoch_idx, train_data):
         """Write the resumable state after ``epoch_idx`` (first process only, atomically)."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if global_rank(self.config) != 0:
             return
         state = {
             "format": STATE_FORMAT,

@@ -19,6 +19,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_macrec.data.device_loader import LengthGroupedLoader, TaskMixtureLoader, device_loader_applies
+from recbole_macrec.distributed import global_rank, world_size
 from recbole_macrec.errors import SettingError
 from recbole_macrec.timing import synchronize
 from recbole_macrec.trainer.epoch_loop import EpochLoop
@@ -63,7 +64,7 @@ def native_bf16(device):
 def grad_accum_setting(config):
     """``gr_grad_accum``: the micro-batches one optimiser step of ``train_batch_size`` rows is
     computed in (1 = none); it must divide the batch."""
-    accum = config["gr_grad_accum"] or 1
+    accum = config["gr_grad_accum"]
     if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
         raise SettingError(f"gr_grad_accum must be a positive integer, got {accum!r}")
     batch = int(config["train_batch_size"])
@@ -104,13 +105,12 @@ class GenerativeTrainer(EpochLoop, Trainer):
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.bf16 = bool(config["gr_bf16"]) and native_bf16(self.device)
         self.bf16_eval = bool(config["gr_bf16_eval"])
-        self.warmup_ratio = float(config["warmup_ratio"] or 0.0)
+        self.warmup_ratio = float(config["warmup_ratio"])
         self.scheduler = None
         self.length_group = config["gr_length_group"]
         self.device_loader = None
         self.budget_plan = None
-        self.rank = config["local_rank"] + (config["offset"] or 0) if not config["single_spec"] else 0
-        self.world_size = 1 if config["single_spec"] else int(config["world_size"])
+        self.rank, self.world_size = global_rank(config), world_size(config)
         if self.world_size > 1 and config["gr_train_budget_s"]:
             raise SettingError("gr_train_budget_s plans epochs in one process; with several, set epochs")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from conftest import build_model, write_codes
+from conftest import build_model, training_batch, write_codes
 from recbole_macrec.model import t5_training
 from recbole_macrec.model.dropout_mask import dropout, keep_mask, keep_threshold
 
@@ -127,34 +127,11 @@ def test_bf16_autocast_keeps_the_loss_within_bf16_rounding(tiny_dataset):
     """bf16 has an 8-bit mantissa (relative rounding 2^-8 = 0.4% per product): the step's loss
     stays within 1% of fp32's, the tolerance of the existing bf16 test."""
     write_codes(tiny_dataset / "tiny")
-    model, _, data = build_model("MACRec", tiny_dataset)
-    model.eval()
-    batch = next(iter(data[0]))
+    model, config, data = build_model("MACRec", tiny_dataset)
+    batch = training_batch(model, config, data)
     model.train()
     model.t5.config.dropout_rate = 0.0
     fp32 = float(model.calculate_loss(batch))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = float(model.calculate_loss(batch))
     assert bf16 == pytest.approx(fp32, rel=1e-2) and bf16 != fp32
-
-
-def test_training_speed_benchmark_runs_as_documented(tiny_dataset, workdir):
-    import json
-    import sys
-
-    from conftest import ROOT, TINY_T5, tiny_config_dict
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import training_speed
-
-    write_codes(tiny_dataset / "tiny")
-    settings = {**tiny_config_dict(tiny_dataset), **TINY_T5, "train_batch_size": 8}   # dropout 0: comparable losses
-    argv = ["--model=TIGER", "--dataset=tiny", "--steps=4", "--rounds=1", "--loss-seeds=2", f"--out={workdir / 'speed.json'}"] \
-        + [f"--{k}={json.dumps(v)}" for k, v in settings.items()]
-    report = training_speed.main(argv)
-    saved = json.loads((workdir / "speed.json").read_text())
-    assert saved["speedup"] == report["speedup"] > 0
-    assert {"fp32", "contiguous CE", "lean forward", "cheap masks", "fast", "fast, batch x4"} <= set(saved["variants"])
-    # dropout off: every variant in fp32 trains the same function
-    assert saved["variants"]["lean forward"]["losses"][0] == pytest.approx(saved["variants"]["fp32"]["losses"][0],
-                                                                           rel=1e-4)

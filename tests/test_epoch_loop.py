@@ -1,6 +1,7 @@
-"""A run killed at any point (SIGKILL) continues from its last finished epoch with --resume and
-ends exactly as the uninterrupted run; a state of another run, or a truncated one, is a clear
-error that leaves the file as it was."""
+"""The epoch loop every run trains with: a run killed at any point (SIGKILL) continues from its
+last finished epoch with --resume and ends exactly as the uninterrupted run (a state of another
+run, or a truncated one, is a clear error that leaves the file as it was); early stopping counts
+strict improvements; every run json carries its learning curve; selection on the validation loss."""
 import hashlib
 import json
 import os
@@ -138,3 +139,61 @@ def test_resuming_a_finished_run_trains_nothing_more(tiny_dataset, workdir):
 def _result_of(workdir):
     (path,) = list((workdir / "saved" / "results").glob("MACRec-tiny-*.json"))
     return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("scores, patience, stops_after", [
+    ([0.1, 0.2, 0.2, 0.2, 0.3], 2, 4),      # an equal score is no improvement
+    ([0.1, 0.2, 0.3, 0.4], 2, None),
+    ([0.3, 0.1, 0.2, 0.3, 0.3], 3, 4),
+])
+def test_early_stopping_counts_only_strict_improvements(scores, patience, stops_after):
+    from recbole_macrec.trainer.epoch_loop import early_stopping_step
+
+    best, waited, stopped = float("-inf"), 0, None
+    for i, score in enumerate(scores):
+        best, waited, stop, _ = early_stopping_step(score, best, waited, patience)
+        if stop:
+            stopped = i + 1
+            break
+    assert stopped == stops_after
+
+
+def _tiny_run(tiny_dataset, model="TIGER", **extra):
+    from recbole_macrec.quick_start import run_recbole
+
+    write_codes(tiny_dataset / "tiny")
+    settings = {"sid_method": "import", "sid_views": ["text", "image"], "d_model": 16, "d_kv": 8, "d_ff": 32,
+                "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2, "epochs": 3, "eval_step": 1,
+                "train_batch_size": 32, "learning_rate": 0.005, **extra}
+    result = run_recbole(model, "tiny", config_dict=tiny_config_dict(tiny_dataset, **settings))
+    with open(result["result_file"]) as f:
+        return json.load(f)
+
+
+def test_run_json_records_the_learning_curve(tiny_dataset):
+    saved = _tiny_run(tiny_dataset, "MACRec")
+    curve = saved["curve"]
+    assert [c["epoch"] for c in curve] == [0, 1, 2]
+    steps = saved["schedule"]["steps_per_epoch"]
+    for c in curve:
+        assert c["steps"] == steps and c["seconds"] > 0 and c["train_loss"] > 0
+        assert c["lr_start"] > c["lr_end"] > 0 or c["epoch"] == 2
+        assert set(c["valid_result"]) >= {"ndcg@10", "hit@10"} and c["valid_loss"] > 0
+    assert curve[0]["train_loss"] > curve[-1]["train_loss"]
+    assert saved["best_epoch"] in (0, 1, 2) and saved["early_stopped"] is False
+
+
+def test_builtin_model_runs_record_their_curve_too(tiny_dataset):
+    saved = _tiny_run(tiny_dataset, "SASRec", epochs=2)
+    assert [c["epoch"] for c in saved["curve"]] == [0, 1]
+    assert all(c["steps"] > 0 and "ndcg@10" in c["valid_result"] for c in saved["curve"])
+
+
+def test_selection_on_the_validation_loss(tiny_dataset):
+    saved = _tiny_run(tiny_dataset, gr_valid_metric="loss")
+    losses = [c["valid_score"] for c in saved["curve"]]
+    assert saved["valid_score_bigger"] is False
+    assert saved["best_valid_score"] == pytest.approx(min(losses))
+    assert saved["best_epoch"] == losses.index(min(losses))
+    assert all(set(c["valid_result"]) == {"loss"} for c in saved["curve"])
+    assert set(saved["test_result"]) >= {"ndcg@10", "hit@10"}
