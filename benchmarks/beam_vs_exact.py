@@ -44,10 +44,11 @@ def trained_model(args, overrides):
         state = torch.load(args.checkpoint, map_location=run.config["device"], weights_only=True)
         run.model.load_state_dict(state["state_dict"])
         return run.model, run.loaders[2], run.config, {"checkpoint": args.checkpoint}
-    trainer, _, _, test_result, timer, _ = fit_and_test(run, saved=True)   # the model holds the best epoch
-    return run.model, run.loaders[2], run.config, {"epochs_run": len(trainer.train_loss_dict),
-                                                    "test_result": {k: float(v) for k, v in test_result.items()},
-                                                    "train_epoch_s": timer.train_epoch_s}
+    fitted = fit_and_test(run, saved=True)   # the model holds the best epoch
+    return run.model, run.loaders[2], run.config, {
+        "epochs_run": len(fitted.trainer.train_loss_dict),
+        "test_result": {k: float(v) for k, v in fitted.test_result.items()},
+        "train_epoch_s": fitted.timer.train_epoch_s}
 
 
 def main(argv=None):

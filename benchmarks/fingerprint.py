@@ -20,7 +20,7 @@ SMALL = {"d_model": 16, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_decoder_lay
          "num_key_value_heads": 2, "lcrec_text_len": 6, "train_batch_size": 32, "eval_batch_size": 16,
          "learning_rate": 0.005, "epochs": 2, "eval_step": 1, "seed": 7, "gr_grad_accum": 1, "gr_bf16": False,
          "sid_views": ["text", "collab"], "text_view_fields": ["title", "class"], "view_dim": 8, "sid_num_levels": 3,
-         "sid_codebook_size": 4, "sid_e_dim": 8, "sid_encoder_layers": [16], "sid_projection_dim": 8, "sid_epochs": 4,
+         "sid_codebook_size": 8, "sid_e_dim": 8, "sid_encoder_layers": [16], "sid_projection_dim": 8, "sid_epochs": 4,
          "sid_batch_size": 16, "sid_pseudo_label_k": 4, "sid_con_weights": [0, 0.1, 0.1], "sid_kmeans_iters": 10,
          "show_progress": False, "state": "WARNING", "use_gpu": False}
 CASES = {

@@ -165,12 +165,15 @@ def main(argv=None):
                              "padding_share": padding_share(mixture_loader, field)}
     if args.data_only:
         return write_report(report, args.out)
+    mix = model.task_mix
+    model.task_mix = "per_batch"   # the loaders' batches train as per_batch does: every task from each batch
     if args.flops_only:
         model.train()
         trainer = GenerativeTrainer(config, model)
         report["flops"] = {"per_epoch": epoch_flops(trainer, grouped_loader),
                            "per_epoch_random_batches": epoch_flops(trainer, random_loader)}
         if mixture is not None:
+            model.task_mix = mix
             report["mixture"]["flops_per_epoch"] = epoch_flops(trainer, mixture_loader)
         return write_report(report, args.out)
     batches = {"random": [b for _, b in zip(range(n + 1), random_loader)],
@@ -196,6 +199,7 @@ def main(argv=None):
           f"achieved; {report['flops']['per_epoch'] / 1e12:.1f} TFLOP per epoch", flush=True)
     if mixture is not None:
         model.load_state_dict(initial)
+        model.task_mix = mix
         trainer = GenerativeTrainer(config, model)
         steps = [b for _, b in zip(range(n + 1), mixture_loader)]
         report["mixture"]["compute_s_per_batch"] = step_seconds(trainer, steps, min(n, len(steps) - 1), device)
@@ -204,6 +208,7 @@ def main(argv=None):
         print(f"mixture: {report['mixture']['compute_s_per_batch']:.3f} s/step x {len(mixture_loader)} steps; "
               f"{report['mixture']['flops_per_epoch'] / 1e12:.1f} TFLOP per epoch", flush=True)
     if device.type == "cuda":   # the new path (packed, grouped), on the model as trained above
+        model.task_mix = "per_batch"
         try:
             per_step, where = host_syncs_per_step(trainer, batches["grouped"][:4], device)
             report["host_syncs_per_step"], report["host_sync_sources"] = per_step, where

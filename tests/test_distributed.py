@@ -145,7 +145,7 @@ def test_two_nodes_of_one_process_each_on_localhost(tiny_dataset, workdir):
 def test_cpu_processes_share_the_cores_unless_the_user_set_threads(monkeypatch):
     import torch
 
-    from recbole_macrec.config import share_cores
+    from recbole_macrec.distributed import share_cores
 
     before = torch.get_num_threads()
     try:
