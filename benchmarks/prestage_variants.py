@@ -4,6 +4,7 @@
         --out=results/ml-100k/prestage_variants.json
 
 Variants (each a set of settings over the dataset yaml's pre-stage): ``macrec`` (paper objective),
+``macrec_same_item`` (the per-level term with the item's own other-view residual as positive),
 ``macrec_wo_con`` (no contrastive term), ``macrec_released`` (the released objective),
 ``rqvae`` (TIGER) and ``rqvae_sinkhorn`` (MQL4GRec). Per view it records, from the pre-stage's own
 report: the collision rate before resolution, codebook usage and perplexity per level; and the
@@ -22,6 +23,7 @@ import numpy as np
 
 VARIANTS = {
     "macrec": {"sid_method": "macrec", "sid_con_variant": "paper"},
+    "macrec_same_item": {"sid_method": "macrec", "sid_con_variant": "same_item"},
     "macrec_wo_con": {"sid_method": "macrec", "sid_con_variant": "none"},
     "macrec_released": {"sid_method": "macrec", "sid_con_variant": "released", "sid_align_target": "quantized"},
     "rqvae": {"sid_method": "rqvae"},

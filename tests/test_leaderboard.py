@@ -107,7 +107,7 @@ def test_unknown_model_is_rejected_before_anything_runs(tiny_dataset, workdir, m
 
 def test_ablation_preset_rows():
     entries = leaderboard.entries_for([], "ablation")
-    assert [e.label for e in entries] == ["MACRec", "MACRec w/o L_con", "MACRec released L_con",
+    assert [e.label for e in entries] == ["MACRec", "MACRec w/o L_con", "MACRec released L_con", "MACRec same-item L_con",
                                           "MACRec w/o L_align", "MACRec w/o implicit", "MACRec w/o explicit"]
     assert all(os.path.isfile(f) for e in entries for f in e.config_files)
 
@@ -115,7 +115,7 @@ def test_ablation_preset_rows():
 def test_ablation_preset_leaves_out_prestage_terms_on_imported_codes(capsys, tiny_dataset, workdir, monkeypatch):
     entries = leaderboard.entries_for([], "ablation", sid_method="import")
     assert [e.label for e in entries] == ["MACRec", "MACRec w/o implicit", "MACRec w/o explicit"]
-    assert "wo_con, released_con, wo_align left out" in capsys.readouterr().err
+    assert "wo_con, released_con, same_item_con, wo_align left out" in capsys.readouterr().err
     # the dataset's own sid_method decides (Instruments.yaml imports the published codes)
     seen = []
     monkeypatch.setattr(leaderboard.cli, "run_entry", lambda entry, *a: seen.append(entry.label))

@@ -153,12 +153,13 @@ def _grad_difference(a, b):
     return float(sum((x - y).abs().sum() for x, y in zip(a, b)))
 
 
-def test_every_weighted_level_of_the_contrastive_loss_moves_the_encoder_and_earlier_codebooks():
+@pytest.mark.parametrize("con_variant", ["paper", "same_item"])
+def test_every_weighted_level_of_the_contrastive_loss_moves_the_encoder_and_earlier_codebooks(con_variant):
     """The paper's residual r_l = z - sum_{j<l} e_j carries gradient: a weight on level l changes the
     encoder's gradient, and the codebooks of levels < l (never those >= l). On straight-through
     residuals levels >= 1 had exactly zero gradient."""
     small = dict(num_levels=4, codebook_size=4, e_dim=8, encoder_layers=(16,), projection_dim=12,
-                 pseudo_label_k=4, align_weight=0.0)
+                 pseudo_label_k=4, align_weight=0.0, con_variant=con_variant)
     enc0, books0, _ = _batch_grads(_tiny_params(**small, con_weights=(0, 0, 0, 0)))
     enc, _, parts = _batch_grads(_tiny_params(**small, con_weights=(0, 0, 0.1, 0.1)))
     assert {"con2", "con3"} <= set(parts)
@@ -171,6 +172,28 @@ def test_every_weighted_level_of_the_contrastive_loss_moves_the_encoder_and_earl
         for below in range(4):
             moved = _grad_difference([books[below]], [books0[below]])
             assert (moved > 1e-6) == (below < level), (level, below, moved)
+
+
+def test_same_item_variant_is_the_cross_view_info_nce_of_each_weighted_levels_residuals_by_hand():
+    """Level l: weight x (CE(a_l b_l^T / t, i) + CE(b_l a_l^T / t, i)) on unit rows, the positive of
+    item i being its own residual in the other view (no pseudo-labels read)."""
+    params = _tiny_params(con_variant="same_item", con_weights=(0.0, 0.5, 0.25), align_weight=0.0,
+                          temperature=0.2)
+    models, x, _ = _tiny_pair(params)
+    outputs = {k: models[k](x[k]) for k in models}
+    _, parts = batch_loss(outputs, {}, torch.arange(16), params, "macrec", None)
+    assert set(k for k in parts if k.startswith("con")) == {"con1", "con2"}
+    for level, weight in ((1, 0.5), (2, 0.25)):
+        a = outputs["text"]["residuals_grad"][level].detach().numpy().astype(np.float64)
+        b = outputs["image"]["residuals_grad"][level].detach().numpy().astype(np.float64)
+        for rows in (a, b):   # unit rows, a near-zero residual divided by 0.05 x the mean norm
+            norm = np.linalg.norm(rows, axis=1, keepdims=True)
+            rows /= np.maximum(norm, 0.05 * norm.mean())
+        logits = a @ b.T / 0.2
+
+        def ce(m):
+            return float(np.mean(np.log(np.exp(m).sum(axis=1)) - np.diag(m)))
+        assert float(parts[f"con{level}"]) == pytest.approx(weight * (ce(logits) + ce(logits.T)), rel=1e-4)
 
 
 def test_paper_alignment_trains_the_codebooks():
@@ -270,7 +293,7 @@ def test_zero_level_weight_switches_that_term_off():
 
 
 @pytest.mark.parametrize("setting,match", [
-    (dict(con_variant="clustered"), "sid_con_variant must be one of paper, released, none"),
+    (dict(con_variant="clustered"), "sid_con_variant must be one of paper, same_item, released, none"),
     (dict(con_weights=(0, 0.1)), "sid_con_weights has 2 entries for sid_num_levels=3"),
     (dict(con_weights=(0, 0, 0.1, 0.1)), "a weight on level 3 .0-based., which does not exist"),
     (dict(con_weights=(0, -1, 0)), "non-negative"),

@@ -8,7 +8,7 @@ import yaml
 from recbole_macrec.config import PROPERTIES_DIR
 from recbole_macrec.errors import SettingError
 
-ABLATIONS = ["wo_con", "released_con", "wo_align", "wo_implicit", "wo_explicit"]   # properties/ablation/<name>.yaml
+ABLATIONS = ["wo_con", "released_con", "same_item_con", "wo_align", "wo_implicit", "wo_explicit"]   # properties/ablation/<name>.yaml
 
 
 @dataclass

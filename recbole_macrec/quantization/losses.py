@@ -73,7 +73,7 @@ def self_positive_level_loss(res_a, res_b, temperature):
             + info_nce_to_positive(res_b, itself, temperature))
 
 
-def symmetric_info_nce(a, b, temperature):
+def symmetric_info_nce(a, b, temperature, norm_floor=0.0):
     """Bidirectional InfoNCE between paired rows of ``a`` and ``b`` ``[B, d]`` (row i <-> row i),
-    the sum of both directions."""
-    return info_nce(a, b, temperature, both_directions=True)
+    the sum of both directions. ``norm_floor``: see :func:`normalize_rows`."""
+    return info_nce(a, b, temperature, both_directions=True, norm_floor=norm_floor)

@@ -18,12 +18,13 @@ from recbole_macrec.errors import SettingError
 from recbole_macrec.quantization.collisions import collision_rate
 from recbole_macrec.quantization.kmeans import pseudo_labels
 from recbole_macrec.quantization.losses import (
-    cross_modal_level_loss, self_positive_level_loss, symmetric_info_nce)
+    RESIDUAL_NORM_FLOOR, cross_modal_level_loss, self_positive_level_loss, symmetric_info_nce)
 from recbole_macrec.quantization.rqvae import RQVAE
 
 METHODS = ("rqvae", "rqvae_sinkhorn", "macrec", "import")
 TRAINED_METHODS = METHODS[:3]
-CON_VARIANTS = ("paper", "released", "none")
+CON_VARIANTS = ("paper", "same_item", "released", "none")
+LEVEL_WEIGHTED_CON = ("paper", "same_item")   # the variants that read sid_con_weights
 ALIGN_TARGETS = ("codeword_sum", "quantized")
 COLLISION_STRATEGIES = ("reassign", "sinkhorn", "extra_level")
 LR_SCHEDULES = ("constant", "linear")
@@ -112,7 +113,7 @@ class QuantizerParams:
         if self.collision not in COLLISION_STRATEGIES:
             raise SettingError(f"sid_collision must be one of {', '.join(COLLISION_STRATEGIES)}, got "
                                f"'{self.collision}'")
-        if method == "macrec" and self.con_variant == "paper":   # the only reader of the weights
+        if method == "macrec" and self.con_variant in LEVEL_WEIGHTED_CON:   # the only readers of the weights
             self.validate_con_weights()
 
     def validate_con_weights(self):
@@ -185,7 +186,9 @@ def contrastive_parts(out_a, out_b, labels_a, labels_b, params, generator):
     """MACRec's cross-modal terms ``{name: weighted loss}`` for two views' RQ-VAE outputs.
 
     ``paper``: level ``l`` adds ``con_weights[l]`` x InfoNCE on the gradient-carrying residuals
-    with positives from the other view's clusters. ``released``: the released code's term
+    with positives from the other view's clusters. ``same_item``: the same levels and weights, but
+    an item's positive is its own residual in the other view and the other items of the batch
+    are the negatives (a reading of the paper that spreads items apart). ``released``: the released code's term
     exactly: self positives on the straight-through residuals of every level, averaged over the
     levels (so only level 0 trains anything). ``none``: no contrastive term. The alignment reads
     ``align_target``, whatever the variant: ``codeword_sum`` (the paper's formula: the sum of the
@@ -198,6 +201,12 @@ def contrastive_parts(out_a, out_b, labels_a, labels_b, params, generator):
                 parts[f"con{level}"] = weight * cross_modal_level_loss(
                     out_a["residuals_grad"][level], out_b["residuals_grad"][level], labels_a,
                     labels_b, params.temperature, generator)
+    elif params.con_variant == "same_item":
+        for level, weight in enumerate(params.con_weights):
+            if weight > 0:
+                parts[f"con{level}"] = weight * symmetric_info_nce(
+                    out_a["residuals_grad"][level], out_b["residuals_grad"][level], params.temperature,
+                    RESIDUAL_NORM_FLOOR)
     elif params.con_variant == "released":
         levels = range(params.num_levels)
         parts["con"] = sum(self_positive_level_loss(out_a["residuals"][level], out_b["residuals"][level],
