@@ -5,7 +5,8 @@
 
 Variants (each a set of settings over the dataset yaml's pre-stage): ``macrec`` (paper objective),
 ``macrec_same_item`` (the per-level term with the item's own other-view residual as positive),
-``macrec_wo_con`` (no contrastive term), ``macrec_released`` (the released objective),
+``macrec_wo_con`` (no contrastive term), ``macrec_wo_con_quantized_align`` (no contrastive term,
+L_align on the straight-through vector), ``macrec_released`` (the released objective),
 ``rqvae`` (TIGER) and ``rqvae_sinkhorn`` (MQL4GRec). Per view it records, from the pre-stage's own
 report: the collision rate before resolution, codebook usage and perplexity per level; and the
 cross-view agreement per prefix length l: of the item pairs whose codes share their first l levels
@@ -25,6 +26,8 @@ VARIANTS = {
     "macrec": {"sid_method": "macrec", "sid_con_variant": "paper"},
     "macrec_same_item": {"sid_method": "macrec", "sid_con_variant": "same_item"},
     "macrec_wo_con": {"sid_method": "macrec", "sid_con_variant": "none"},
+    "macrec_wo_con_quantized_align": {"sid_method": "macrec", "sid_con_variant": "none",
+                                      "sid_align_target": "quantized"},
     "macrec_released": {"sid_method": "macrec", "sid_con_variant": "released", "sid_align_target": "quantized"},
     "rqvae": {"sid_method": "rqvae"},
     "rqvae_sinkhorn": {"sid_method": "rqvae_sinkhorn"},
