@@ -188,25 +188,23 @@ def contrastive_parts(out_a, out_b, labels_a, labels_b, params, generator):
     ``paper``: level ``l`` adds ``con_weights[l]`` x InfoNCE on the gradient-carrying residuals
     with positives from the other view's clusters. ``same_item``: the same levels and weights, but
     an item's positive is its own residual in the other view and the other items of the batch
-    are the negatives (a reading of the paper that spreads items apart). ``released``: the released code's term
-    exactly: self positives on the straight-through residuals of every level, averaged over the
-    levels (so only level 0 trains anything). ``none``: no contrastive term. The alignment reads
+    are the negatives (a reading of the paper that spreads items apart). ``released``: the
+    released code's term exactly: self positives on the straight-through residuals of every
+    level, averaged over the levels (so only level 0 trains anything). ``none``: no contrastive term. The alignment reads
     ``align_target``, whatever the variant: ``codeword_sum`` (the paper's formula: the sum of the
     chosen codewords, so it trains the codebooks) or ``quantized`` (the released code: the
     straight-through quantized vector, so it trains the encoder)."""
     parts = {}
-    if params.con_variant == "paper":
+    if params.con_variant in LEVEL_WEIGHTED_CON:
         for level, weight in enumerate(params.con_weights):
             if weight > 0:
-                parts[f"con{level}"] = weight * cross_modal_level_loss(
-                    out_a["residuals_grad"][level], out_b["residuals_grad"][level], labels_a,
-                    labels_b, params.temperature, generator)
-    elif params.con_variant == "same_item":
-        for level, weight in enumerate(params.con_weights):
-            if weight > 0:
-                parts[f"con{level}"] = weight * symmetric_info_nce(
-                    out_a["residuals_grad"][level], out_b["residuals_grad"][level], params.temperature,
-                    RESIDUAL_NORM_FLOOR)
+                res_a, res_b = out_a["residuals_grad"][level], out_b["residuals_grad"][level]
+                if params.con_variant == "paper":
+                    loss = cross_modal_level_loss(res_a, res_b, labels_a, labels_b, params.temperature,
+                                                  generator)
+                else:
+                    loss = symmetric_info_nce(res_a, res_b, params.temperature, RESIDUAL_NORM_FLOOR)
+                parts[f"con{level}"] = weight * loss
     elif params.con_variant == "released":
         levels = range(params.num_levels)
         parts["con"] = sum(self_positive_level_loss(out_a["residuals"][level], out_b["residuals"][level],
