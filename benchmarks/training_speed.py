@@ -24,8 +24,13 @@ and the median is reported. The loss difference compares the mean loss of the la
 from the same weights and batches; the masks differ) with its standard error. Writes a json
 (``--out``, default results/<dataset>/training_speed_<model>_<device>.json); the last line reads
 like ``TIGER ml-100k: fp32 0.180 s/step, fast 0.055 s/step, 3.3x; loss difference after 50 steps: 0.004``.
+
+``--profile=N`` instead profiles N steps of the fp32 and the fast step with torch.profiler and
+writes where each step's time goes (the operators with the most self time, their share of the
+step; default out: results/<dataset>/training_profile_<model>_<device>.json).
 """
 import argparse
+import contextlib
 import copy
 import itertools
 import os
@@ -48,6 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (the median is reported)")
     parser.add_argument("--loss-seeds", type=int, default=4, help="dropout seeds the loss comparison pairs")
     parser.add_argument("--compile", action="store_true", help="also time the lean forward under torch.compile")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="only profile N steps of the fp32 and the fast step (torch.profiler)")
     parser.add_argument("--out", default=None)
     args, rest = parser.parse_known_args(argv)
     from recbole_macrec.config import parse_overrides
@@ -90,10 +97,11 @@ class Bench:
 
         self.native_bf16 = bool(run.config["gr_bf16"]) and native_bf16(self.trainer.device)
 
-    def measure(self, lean, cheap_masks, bf16, group=1, compiled=False, seed=None, old_ce=False, anomaly=False):
+    def measure(self, lean, cheap_masks, bf16, group=1, compiled=False, seed=None, old_ce=False, anomaly=False,
+                profiler=None):
         """``(seconds per step, losses)`` of ``steps`` steps after the warm-up; with ``group`` > 1
         each step joins ``group`` batches and its seconds are divided by ``group`` (seconds per
-        original batch's rows)."""
+        original batch's rows). ``profiler`` (a context manager) wraps the timed steps."""
         import torch.nn.functional as F
 
         from recbole_macrec.model import encoder_decoder, t5_training
@@ -125,9 +133,10 @@ class Bench:
             losses = []
             synchronize(trainer.device)
             start = time.perf_counter()
-            for batch in batches[WARMUP:WARMUP + self.steps]:
-                losses.append(trainer.train_step(batch))
-            synchronize(trainer.device)
+            with profiler or contextlib.nullcontext():
+                for batch in batches[WARMUP:WARMUP + self.steps]:
+                    losses.append(trainer.train_step(batch))
+                synchronize(trainer.device)
             seconds = (time.perf_counter() - start) / self.steps / group
         finally:
             torch.autograd.set_detect_anomaly(False)
@@ -135,6 +144,39 @@ class Bench:
             if fast_train is not None:
                 model.fast_train, model.train_dropout = fast_train, dropout
         return seconds, [float(x) for x in losses]
+
+
+def operator_profile(bench, settings, top=15):
+    """Where ``bench.steps`` steps of ``settings`` spend their time: seconds per step and the
+    ``top`` operators by self time (their share of the profiled time, and calls per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.trainer.device.type == "cuda" else [])
+    prof = profile(activities=activities)
+    seconds, _ = bench.measure(**settings, profiler=prof)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"s_per_step_profiled": round(seconds, 5),
+            "operators": [{"name": e.key, "share": round(e.self_cpu_time_total / total, 4),
+                           "ms_per_step": round(e.self_cpu_time_total / 1000 / bench.steps, 3),
+                           "calls_per_step": round(e.count / bench.steps, 1)} for e in events[:top]]}
+
+
+def profile_main(args, bench, variants):
+    from recbole_macrec.files import write_json
+    from recbole_macrec.results import machine_description
+
+    report = {"model": args.model, "dataset": args.dataset, "device": str(bench.trainer.device),
+              "machine": machine_description(), "torch_threads": torch.get_num_threads(), "steps": bench.steps,
+              "profiles": {name: operator_profile(bench, variants[name]) for name in ("fp32", "fast")}}
+    device = "cuda" if bench.trainer.device.type == "cuda" else "cpu"
+    out = args.out or os.path.join("results", args.dataset, f"training_profile_{args.model}_{device}.json")
+    write_json(out, report)
+    for name, prof in report["profiles"].items():
+        print(f"{name}: {prof['s_per_step_profiled']:.3f} s/step under the profiler; "
+              + ", ".join(f"{op['name']} {op['share']:.0%}" for op in prof["operators"][:6]))
+    return report
 
 
 def window_mean(losses):
@@ -147,7 +189,7 @@ def main(argv=None):
     from recbole_macrec.files import write_json
     from recbole_macrec.results import machine_description
 
-    bench = Bench(args.model, args.dataset, overrides, args.steps, args.seed)
+    bench = Bench(args.model, args.dataset, overrides, args.profile or args.steps, args.seed)
     bf16 = bench.native_bf16
     has_t5 = getattr(bench.model, "fast_train", None) is not None
     variants = {"fp32": dict(lean=False, cheap_masks=False, bf16=False, old_ce=has_t5),
@@ -163,6 +205,8 @@ def main(argv=None):
     variants["fast, batch x4"] = dict(fast, group=4)
     if args.compile and has_t5:
         variants["compile"] = dict(fast, compiled=True)
+    if args.profile:
+        return profile_main(args, bench, variants)
     timings, results = {name: [] for name in variants}, {}
     for round_ in range(args.rounds):   # rounds alternate the variants: a slow spell of the machine hits all
         for name, settings in variants.items():

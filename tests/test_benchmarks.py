@@ -98,6 +98,28 @@ def test_training_speed_benchmark_runs_as_documented(tiny_dataset, workdir):
                                                                            rel=1e-4)
 
 
+def test_training_speed_profile_names_where_the_step_goes(tiny_dataset, workdir, capsys):
+    import json
+
+    from conftest import TINY_T5, tiny_config_dict
+
+    import training_speed
+
+    write_codes(tiny_dataset / "tiny")
+    settings = {**tiny_config_dict(tiny_dataset), **TINY_T5, "train_batch_size": 8}
+    argv = ["--model=TIGER", "--dataset=tiny", "--profile=3", f"--out={workdir / 'profile.json'}"] \
+        + [f"--{k}={json.dumps(v)}" for k, v in settings.items()]
+    training_speed.main(argv)
+    saved = json.loads((workdir / "profile.json").read_text())
+    assert saved["steps"] == 3 and set(saved["profiles"]) == {"fp32", "fast"}
+    for prof in saved["profiles"].values():
+        shares = [op["share"] for op in prof["operators"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001
+        # a T5 step multiplies matrices: the profile must have seen the model's own work
+        assert any(op["name"] in ("aten::mm", "aten::addmm", "aten::bmm") for op in prof["operators"])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("fast: ")
+
+
 def test_beam_vs_exact_benchmark_runs_as_documented(tiny_dataset, workdir, capsys):
     import beam_vs_exact
 
