@@ -163,16 +163,26 @@ def operator_profile(bench, settings, top=15):
                            "calls_per_step": round(e.count / bench.steps, 1)} for e in events[:top]]}
 
 
-def profile_main(args, bench, variants):
-    from recbole_macrec.files import write_json
+def report_header(args, bench):
+    """What every report of this script starts with: the model, data, device and step count."""
     from recbole_macrec.results import machine_description
 
-    report = {"model": args.model, "dataset": args.dataset, "device": str(bench.trainer.device),
-              "machine": machine_description(), "torch_threads": torch.get_num_threads(), "steps": bench.steps,
-              "profiles": {name: operator_profile(bench, variants[name]) for name in ("fp32", "fast")}}
+    return {"model": args.model, "dataset": args.dataset, "device": str(bench.trainer.device),
+            "machine": machine_description(), "torch_threads": torch.get_num_threads(), "steps": bench.steps}
+
+
+def output_path(args, bench, kind):
+    """``--out``, or results/<dataset>/<kind>_<model>_<cpu|cuda>.json."""
     device = "cuda" if bench.trainer.device.type == "cuda" else "cpu"
-    out = args.out or os.path.join("results", args.dataset, f"training_profile_{args.model}_{device}.json")
-    write_json(out, report)
+    return args.out or os.path.join("results", args.dataset, f"{kind}_{args.model}_{device}.json")
+
+
+def profile_main(args, bench, variants):
+    from recbole_macrec.files import write_json
+
+    report = {**report_header(args, bench),
+              "profiles": {name: operator_profile(bench, variants[name]) for name in ("fp32", "fast")}}
+    write_json(output_path(args, bench, "training_profile"), report)
     for name, prof in report["profiles"].items():
         print(f"{name}: {prof['s_per_step_profiled']:.3f} s/step under the profiler; "
               + ", ".join(f"{op['name']} {op['share']:.0%}" for op in prof["operators"][:6]))
@@ -187,7 +197,6 @@ def main(argv=None):
     args, overrides = parse_args(argv)
     import recbole_macrec  # noqa: F401
     from recbole_macrec.files import write_json
-    from recbole_macrec.results import machine_description
 
     bench = Bench(args.model, args.dataset, overrides, args.profile or args.steps, args.seed)
     bf16 = bench.native_bf16
@@ -226,9 +235,8 @@ def main(argv=None):
         differences.append(pair[1] - pair[0])
     base, quick = results["fp32"], results["fast"]
     report = {
-        "model": args.model, "dataset": args.dataset, "device": str(bench.trainer.device),
-        "machine": machine_description(), "torch_threads": torch.get_num_threads(), "steps": args.steps,
-        "rounds": args.rounds, "train_batch_size": int(bench.config["train_batch_size"]), "overrides": overrides,
+        **report_header(args, bench), "rounds": args.rounds,
+        "train_batch_size": int(bench.config["train_batch_size"]), "overrides": overrides,
         "variants": results, "speedup": round(base["s_per_step"] / quick["s_per_step"], 3),
         "speedup_per_lever": {name: round(base["s_per_step"] / r["s_per_step"], 3) for name, r in results.items()},
         "speedup_over_anomaly_step": round(results["fp32, anomaly"]["s_per_step"] / quick["s_per_step"], 3),
@@ -237,8 +245,7 @@ def main(argv=None):
         if len(differences) > 1 else None,
         "loss_differences_per_seed": [round(d, 5) for d in differences],
     }
-    device = "cuda" if bench.trainer.device.type == "cuda" else "cpu"
-    out = args.out or os.path.join("results", args.dataset, f"training_speed_{args.model}_{device}.json")
+    out = output_path(args, bench, "training_speed")
     write_json(out, report)
     print(f"results written to {out}; against the step with anomaly detection on (leaderboard runs before): "
           f"{report['speedup_over_anomaly_step']:.1f}x", file=sys.stderr)
