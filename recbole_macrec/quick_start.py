@@ -92,15 +92,16 @@ def build_run(model, dataset=None, config_file_list=None, config_dict=None):
     return Run(config, dataset_obj, loaders, model_obj, settings, semantic_ids, dropped)
 
 
-def fit_and_test(run, saved):
+def fit_and_test(run, saved, started=None):
     """Train ``run``'s model with its registered trainer (resuming ``resume``'s state when set),
-    then test the best epoch: a :class:`Fitted`."""
+    then test the best epoch: a :class:`Fitted`. ``started``: when the run began (``time.time()``),
+    for its wall clock."""
     config = run.config
     train_data, valid_data, test_data = run.loaders
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, run.model)
     trainer.run_identity = {"model": config["model"], "dataset": config["dataset"], "seed": config["seed"],
                             "settings_digest": settings_digest(run.settings)}
-    timer = PhaseTimer(trainer)
+    timer = PhaseTimer(trainer, started)
     if config["resume"]:
         if not hasattr(trainer, "resume_from"):
             raise SettingError(f"--resume: the trainer {type(trainer).__name__} keeps no resumable state")
@@ -132,7 +133,7 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
     start = time.time()
     logger = getLogger()
     run = build_run(model, dataset, config_file_list, config_dict)
-    fitted = fit_and_test(run, saved)
+    fitted = fit_and_test(run, saved, start)
     logger.info(set_color("best valid ", "yellow") + f": {fitted.best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {fitted.test_result}")
     result = result_record(run, fitted, config_file_list)
@@ -140,7 +141,7 @@ def run_recbole(model, dataset=None, config_file_list=None, config_dict=None, sa
     if code_level is not None:
         result["code_level"] = code_level
         logger.info(set_color("test result, code level", "yellow") + f": {code_level['test_result']}")
-    result["wall_time_s"] = round(time.time() - start, 2)
+    result["wall_time_s"] = round(fitted.timer.wall_s(), 2)   # a resumed run: all its processes
     if global_rank(run.config) == 0:
         result["result_file"] = write_result_file(run.config, result, fitted.recorder.ranks())
         logger.info(set_color("results written to", "yellow") + f": {result['result_file']}")

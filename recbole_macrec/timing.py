@@ -14,11 +14,15 @@ def synchronize(device):
 
 class PhaseTimer:
     """Wall seconds of every training epoch and validation pass of ``trainer`` (device work
-    included: CUDA is synchronised before the clock stops), and of the test."""
+    included: CUDA is synchronised before the clock stops), and of the test; and, for a resumed run,
+    the wall seconds its earlier processes spent up to their last saved state (``earlier_wall_s``;
+    an epoch cut off by the kill is not in it), so that a run's wall time covers all its parts. ``started``: when this process began the run (``time.time()``; default now)."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, started=None):
         self.trainer = trainer
+        self.started = time.time() if started is None else started
         self.train_epoch_s, self.valid_s, self.test_s = [], [], None
+        self.earlier_wall_s = None
         self._train, self._valid = trainer._train_epoch, trainer._valid_epoch
         trainer._train_epoch = self.timed(self._train, self.train_epoch_s)
         trainer._valid_epoch = self.timed(self._valid, self.valid_s)
@@ -42,17 +46,29 @@ class PhaseTimer:
         self.test_s = round(time.perf_counter() - start, 3)
         return result
 
+    def wall_s(self):
+        """Wall seconds of the run so far, earlier processes of a resumed run included."""
+        return (self.earlier_wall_s or 0.0) + time.time() - self.started
+
     def state(self):
-        return {"train_epoch_s": list(self.train_epoch_s), "valid_s": list(self.valid_s)}
+        return {"train_epoch_s": list(self.train_epoch_s), "valid_s": list(self.valid_s),
+                "wall_s": round(self.wall_s(), 3)}
 
     def load(self, state):
-        """Continue the lists of a resumed run (``state``: what :meth:`state` returned)."""
+        """Continue the lists and the wall clock of a resumed run (``state``: what :meth:`state`
+        returned). A state written before states kept the clock gives the seconds of its epochs and
+        validations instead: a lower bound (its process's set-up is not in it)."""
         if state:
             self.train_epoch_s[:] = state["train_epoch_s"]
             self.valid_s[:] = state["valid_s"]
+            earlier = state.get("wall_s")
+            self.earlier_wall_s = earlier if earlier is not None else sum(self.train_epoch_s) + sum(self.valid_s)
 
     def summary(self):
-        return {"train_epoch_s": self.train_epoch_s, "valid_s": self.valid_s, "test_s": self.test_s}
+        summary = {"train_epoch_s": self.train_epoch_s, "valid_s": self.valid_s, "test_s": self.test_s}
+        if self.earlier_wall_s is not None:
+            summary["wall_s_before_resume"] = round(self.earlier_wall_s, 3)
+        return summary
 
     def close(self):
         self.trainer._train_epoch, self.trainer._valid_epoch = self._train, self._valid

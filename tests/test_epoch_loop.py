@@ -82,6 +82,25 @@ def test_a_killed_run_resumes_and_ends_as_the_uninterrupted_run(tiny_dataset, wo
     strip = lambda curve: [{k: v for k, v in c.items() if k != "seconds"} for c in curve]
     assert strip(resumed["curve"]) == strip(whole["curve"])
     assert len(resumed["timing"]["train_epoch_s"]) == EPOCHS
+    earlier = resumed["timing"]["wall_s_before_resume"]   # the killed process's part of the wall time
+    assert earlier >= sum(resumed["timing"]["train_epoch_s"][:stopped_at + 1])
+    assert resumed["wall_time_s"] > earlier + sum(resumed["timing"]["train_epoch_s"][stopped_at + 1:])
+    assert "wall_s_before_resume" not in whole["timing"]
+
+
+def test_a_state_without_a_clock_resumes_with_its_epochs_seconds_as_earlier_wall_time():
+    from types import SimpleNamespace
+
+    from recbole_macrec.timing import PhaseTimer
+
+    trainer = SimpleNamespace(_train_epoch=lambda: None, _valid_epoch=lambda: None, device="cpu")
+    timer = PhaseTimer(trainer, started=100.0)
+    timer.load({"train_epoch_s": [3.0, 4.0], "valid_s": [0.5, 0.25]})
+    assert timer.earlier_wall_s == 7.75 and timer.summary()["wall_s_before_resume"] == 7.75
+    clocked = PhaseTimer(trainer, started=time.time() - 2.0)
+    clocked.load({"train_epoch_s": [3.0], "valid_s": [0.5], "wall_s": 60.0})
+    assert 62.0 <= clocked.wall_s() < 70.0
+    assert 62.0 <= clocked.state()["wall_s"] < 70.0
 
 
 def _trained_state(tiny_dataset, workdir, name="first", **extra):
