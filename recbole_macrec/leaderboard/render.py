@@ -90,7 +90,8 @@ def markdown(dataset, rows, sig, published, collisions, tests=()):
     lines.append("Test set, leave-one-out, full ranking over all items; mean ± std over seeds; best of "
                  "our rows in bold; *(paper)* rows are published numbers; epochs = epochs trained "
                  "(early stopping may end a run before its budget); s/epoch = median training epoch, "
-                 "test s = the test pass; best ep = the epoch validation selected (1-based, mean over "
+                 "test s = the test pass; wall s = a run's wall time, every resumed part included "
+                 "(mean over seeds); best ep = the epoch validation selected (1-based, mean over "
                  "seeds); early stop = runs that early stopping ended, of those with a learning "
                  "curve (— where a run predates these records).")
     flagged = [f"{row['label']} (seed {seed}): {'; '.join(flags)}" for row in rows
