@@ -16,7 +16,8 @@ class PhaseTimer:
     """Wall seconds of every training epoch and validation pass of ``trainer`` (device work
     included: CUDA is synchronised before the clock stops), and of the test; and, for a resumed run,
     the wall seconds its earlier processes spent up to their last saved state (``earlier_wall_s``;
-    an epoch cut off by the kill is not in it), so that a run's wall time covers all its parts. ``started``: when this process began the run (``time.time()``; default now)."""
+    an epoch cut off by the kill is not in it), so that a run's wall time covers all its parts.
+    ``started``: when this process began the run (``time.time()``; default now)."""
 
     def __init__(self, trainer, started=None):
         self.trainer = trainer
@@ -62,7 +63,9 @@ class PhaseTimer:
             self.train_epoch_s[:] = state["train_epoch_s"]
             self.valid_s[:] = state["valid_s"]
             earlier = state.get("wall_s")
-            self.earlier_wall_s = earlier if earlier is not None else sum(self.train_epoch_s) + sum(self.valid_s)
+            if earlier is None:
+                earlier = sum(self.train_epoch_s) + sum(self.valid_s)
+            self.earlier_wall_s = earlier
 
     def summary(self):
         summary = {"train_epoch_s": self.train_epoch_s, "valid_s": self.valid_s, "test_s": self.test_s}
