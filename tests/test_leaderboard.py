@@ -72,6 +72,16 @@ def test_rows_whose_lr_reached_zero_or_that_did_not_learn_are_flagged(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_best_epoch_is_the_mean_over_seeds_one_based_with_one_decimal():
+    runs = []
+    for seed, best in zip((2020, 2021, 2022), (43, 49, 71)):   # 0-based, as the trainer records them
+        run = _curve_run("Seeded", [(1e-3, 5e-4), (5e-4, 1e-4), (1e-4, 1e-5)], [0.1, 0.2, 0.3])
+        runs.append({**run, "seed": seed, "best_epoch": best, "early_stopped": True})
+    rows = leaderboard.aggregate(runs)
+    assert rows[0]["best_epoch"] == pytest.approx((44 + 50 + 72) / 3)
+    assert "| 55.3 | 3/3 |" in leaderboard.markdown("toy", rows, None, {}, [])
+
+
 def test_rows_without_timing_records_show_a_dash():
     run = {"label": "Old", "model": "Old", "epochs": 1, "seed": 1, "wall_time_s": 5.0, "machine": "m",
            "test_result": {m: 0.1 for m in leaderboard.METRICS}}

@@ -56,7 +56,7 @@ def _fmt(row, m, best):
 
 def _best_epoch(row):
     value = row.get("best_epoch")
-    return "—" if value is None else f"{value:g}"
+    return "—" if value is None else f"{round(value, 1):g}"   # a mean over seeds: one decimal
 
 
 def _seconds(value):
