@@ -101,6 +101,9 @@ def fit_and_test(run, saved, started=None):
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, run.model)
     trainer.run_identity = {"model": config["model"], "dataset": config["dataset"], "seed": config["seed"],
                             "settings_digest": settings_digest(run.settings)}
+    if run.semantic_ids is not None:
+        trainer.run_identity["semantic_ids"] = run.semantic_ids.codes_digest(config["dataset"])
+        trainer.codes_folder = run.semantic_ids.data_path
     timer = PhaseTimer(trainer, started)
     if config["resume"]:
         if not hasattr(trainer, "resume_from"):

@@ -326,11 +326,31 @@ class SemanticIdDataset:
     load_col: dict
     report: dict
 
+    def codes_digest(self, dataset):
+        """sha256 of the ``.item`` file holding the codes: a resumed run must train on the codes
+        its first part trained on (the pre-stage's floats, hence its codes, differ across CPUs)."""
+        return file_digest(atomic_file(self.data_path, dataset, "item"))
+
+
+def kept_codes(config):
+    """The semantic-ID dataset the run ``config["resume"]`` names trained on, or None (no resume,
+    or a state written before runs kept their codes)."""
+    from recbole_macrec.trainer.epoch_loop import codes_copy_of, find_state_file
+
+    if not config["resume"]:
+        return None
+    folder = codes_copy_of(find_state_file(str(config["resume"])))
+    if not os.path.isdir(folder):
+        return None
+    getLogger().info(f"resuming: the semantic IDs the run trained on, kept in {folder}")
+    return folder
+
 
 def semantic_id_dataset(config, views):
     """Run (or reuse) the pre-stage for ``config`` and return the dataset with the codes of
-    ``views`` (``config`` is not changed: the caller points RecBole at the result)."""
-    data_path = build_semantic_ids(config, config["sid_method"])
+    ``views`` (``config`` is not changed: the caller points RecBole at the result). A resumed run
+    whose state kept its codes (see ``codes_copy_of``) reads those instead."""
+    data_path = kept_codes(config) or build_semantic_ids(config, config["sid_method"])
     fields = tuple(sid_field(v) for v in views)
     load_col = config["load_col"]
     if load_col is not None:

@@ -216,3 +216,28 @@ def test_selection_on_the_validation_loss(tiny_dataset):
     assert saved["best_epoch"] == losses.index(min(losses))
     assert all(set(c["valid_result"]) == {"loss"} for c in saved["curve"])
     assert set(saved["test_result"]) >= {"ndcg@10", "hit@10"}
+
+
+def test_a_resumed_run_trains_on_the_codes_its_first_part_kept(tiny_dataset, workdir):
+    import shutil
+
+    from recbole_macrec.quick_start import run_recbole
+    from recbole_macrec.trainer.epoch_loop import codes_copy_of
+
+    state, settings = _trained_state(tiny_dataset, workdir)
+    kept = codes_copy_of(str(state))
+    first = _result_of(workdir)
+    assert os.path.isfile(os.path.join(kept, "tiny.item"))
+    # the pre-stage now gives other codes (as on another CPU): two items swap their text codes
+    codes_file = tiny_dataset / "tiny" / "tiny.text.codes.json"
+    codes = json.loads(codes_file.read_text())
+    codes["i0"], codes["i1"] = codes["i1"], codes["i0"]
+    codes_file.write_text(json.dumps(codes))
+    again = run_recbole("MACRec", "tiny", config_dict={**settings, "resume": str(state.parent)})
+    saved = json.loads(open(again["result_file"]).read())
+    assert saved["semantic_ids"]["folder"] == kept and saved["test_result"] == first["test_result"]
+    shutil.rmtree(kept)   # without its kept codes the run would resume on other codes: refused
+    before = _digest(state)
+    with pytest.raises(SettingError, match="other semantic IDs"):
+        run_recbole("MACRec", "tiny", config_dict={**settings, "resume": str(state.parent)})
+    assert _digest(state) == before

@@ -14,6 +14,7 @@ after ``stopping_step`` validations without improvement, the best epoch saved), 
 import glob
 import os
 import random
+import shutil
 import time
 
 import numpy as np
@@ -32,6 +33,23 @@ STATE_FORMAT = 1
 def state_path_of(checkpoint):
     """The resumable state file that belongs to the best-epoch checkpoint ``checkpoint``."""
     return os.path.splitext(checkpoint)[0] + STATE_SUFFIX
+
+
+def codes_copy_of(state_file):
+    """Where a run keeps the semantic-ID dataset it trains on, beside its state: a resume reads the
+    codes from there, since the pre-stage's floats (hence its codes) differ across CPUs."""
+    return state_file[: -len(STATE_SUFFIX)] + ".sid"
+
+
+def keep_codes(folder, state_file):
+    """Copy the pre-stage's output ``folder`` beside ``state_file`` once (atomically)."""
+    target = codes_copy_of(state_file)
+    if os.path.isdir(target) or os.path.abspath(folder) == os.path.abspath(target):
+        return
+    tmp = f"{target}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    os.rename(tmp, target)
 
 
 def rng_states():
@@ -113,7 +131,8 @@ class EpochLoop:
         self.steps_taken = 0
         self.optimizer.register_step_post_hook(self._count_step)
         self.state_file = state_path_of(self.saved_model_file)
-        self.run_identity = None     # {model, dataset, seed, settings_digest}: set by the runner
+        self.run_identity = None     # {model, dataset, seed, settings_digest[, semantic_ids]}: set by the runner
+        self.codes_folder = None     # the semantic-ID dataset trained on, kept beside the state (runner)
         self._resume = None
         self.resumed_at_epoch = None
 
@@ -153,6 +172,7 @@ class EpochLoop:
                     f"--resume={path}: {state_file} is a run of {key} {state['identity'].get(key)!r}, this run "
                     f"has {identity[key]!r}" + (" (other settings)" if key == "settings_digest" else "")
                     + "; the file was left as it was")
+        self.check_resumed_codes(state_file, state["identity"], identity)
         best = state["best_checkpoint"]
         if best is not None and not os.path.isfile(best):
             raise SettingError(f"--resume={path}: its best-epoch checkpoint {best} is missing")
@@ -166,6 +186,21 @@ class EpochLoop:
         self.start_epoch = state["epoch"] + 1
         self.logger.info(set_color("resuming", "yellow") + f" {state_file}: epoch {self.start_epoch} of "
                          f"{self.epochs}" + (" (training had ended)" if state["stopped"] else ""))
+
+    def check_resumed_codes(self, state_file, saved, identity):
+        """Refuse to resume on other semantic IDs than the first part trained on (same settings can
+        give other codes on another CPU); a state written before codes were recorded is resumed
+        with a warning."""
+        if "semantic_ids" not in identity:
+            return
+        if "semantic_ids" not in saved:
+            self.logger.warning(f"{state_file} does not record its semantic IDs: resuming without checking "
+                                f"that they are the ones its first part trained on")
+        elif saved["semantic_ids"] != identity["semantic_ids"]:
+            raise SettingError(f"--resume: {state_file} was trained on other semantic IDs than this run's "
+                               f"(.item sha256 {saved['semantic_ids'][:12]}, this run {identity['semantic_ids'][:12]}); "
+                               f"its kept codes {codes_copy_of(state_file)} are missing and the pre-stage's "
+                               f"codes differ across CPUs; start anew (or restore them); the file was left as it was")
 
     def _apply_resume(self, train_data):
         state, self._resume = self._resume, None
@@ -224,6 +259,8 @@ class EpochLoop:
         }
         with atomic_path(self.state_file) as tmp:
             torch.save(state, tmp)
+        if self.codes_folder is not None:
+            keep_codes(self.codes_folder, self.state_file)
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
