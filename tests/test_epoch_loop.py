@@ -241,3 +241,19 @@ def test_a_resumed_run_trains_on_the_codes_its_first_part_kept(tiny_dataset, wor
     with pytest.raises(SettingError, match="other semantic IDs"):
         run_recbole("MACRec", "tiny", config_dict={**settings, "resume": str(state.parent)})
     assert _digest(state) == before
+
+
+def test_a_moved_checkpoint_folder_resumes_from_its_new_place(tiny_dataset, workdir):
+    import shutil
+
+    from recbole_macrec.quick_start import run_recbole
+
+    state, settings = _trained_state(tiny_dataset, workdir)
+    first = _result_of(workdir)
+    moved = workdir / "moved"
+    shutil.move(str(state.parent), str(moved))
+    again = run_recbole("MACRec", "tiny", config_dict={**settings, "checkpoint_dir": str(moved),
+                                                       "resume": str(moved)})
+    saved = json.loads(open(again["result_file"]).read())
+    assert saved["test_result"] == first["test_result"] and saved["resumed_at_epoch"] == 2
+    assert saved["semantic_ids"]["folder"].startswith(str(moved))

@@ -174,6 +174,9 @@ class EpochLoop:
                     + "; the file was left as it was")
         self.check_resumed_codes(state_file, state["identity"], identity)
         best = state["best_checkpoint"]
+        beside = best and os.path.join(os.path.dirname(state_file), os.path.basename(best))
+        if best is not None and not os.path.isfile(best) and os.path.isfile(beside):
+            best = beside   # the folder was moved (another checkout or machine): its paths are absolute
         if best is not None and not os.path.isfile(best):
             raise SettingError(f"--resume={path}: its best-epoch checkpoint {best} is missing")
         self._resume = state
