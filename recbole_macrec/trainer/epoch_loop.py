@@ -24,7 +24,7 @@ from recbole.utils import set_color
 from recbole_macrec.compat import trust_checkpoint
 from recbole_macrec.distributed import global_rank
 from recbole_macrec.errors import SettingError
-from recbole_macrec.files import atomic_path
+from recbole_macrec.files import atomic_path, temp_dir
 
 STATE_SUFFIX = ".state.pth"
 STATE_FORMAT = 1
@@ -46,9 +46,8 @@ def keep_codes(folder, state_file):
     target = codes_copy_of(state_file)
     if os.path.isdir(target) or os.path.abspath(folder) == os.path.abspath(target):
         return
-    tmp = f"{target}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp)
+    tmp = temp_dir(os.path.dirname(target), os.path.basename(target))
+    shutil.copytree(folder, tmp, dirs_exist_ok=True)
     os.rename(tmp, target)
 
 
